@@ -1,0 +1,204 @@
+//! Sequences, sampling, KV cache and the generation loop. Knows nothing of HTTP or
+//! terminals: fronts hand it token ids or chat messages and get text back.
+
+pub mod chat_template;
+pub mod kv_cache;
+pub mod sampling;
+pub mod stream;
+
+use crate::loaders::{LoadedModel, TokenizerAssets};
+use crate::models::CausalLm;
+use anyhow::{bail, Context, Result};
+use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
+use kv_cache::KvCache;
+use sampling::{Sampler, SamplingParams};
+use std::sync::atomic::{AtomicBool, Ordering};
+use stream::{StopMatcher, TextStream};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// max_tokens or the context window reached.
+    Length,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt_tokens: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// A sequence's KV cache together with the tokens it holds, so a follow-up prompt that
+/// extends the previous one (a chat turn) only runs its new tokens.
+pub struct Session {
+    pub cache: KvCache,
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    pub fn clear(&mut self) {
+        self.cache.clear();
+        self.tokens.clear();
+    }
+}
+
+pub struct Engine {
+    pub model: Box<dyn CausalLm>,
+    pub assets: TokenizerAssets,
+    pub model_name: String,
+    template: ChatTemplate,
+}
+
+impl Engine {
+    pub fn new(loaded: LoadedModel) -> Result<Self> {
+        let a = &loaded.assets;
+        let source = a.chat_template.as_deref().unwrap_or_else(|| {
+            tracing::warn!("the model has no chat template; using ChatML");
+            CHATML_TEMPLATE
+        });
+        let template = ChatTemplate::new(source, a.bos_token.as_deref(), a.eos_token.as_deref())?;
+        Ok(Self {
+            model: loaded.model,
+            assets: loaded.assets,
+            model_name: loaded.name,
+            template,
+        })
+    }
+
+    pub fn new_session(&self) -> Session {
+        Session {
+            cache: self.model.new_cache(),
+            tokens: Vec::new(),
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.model.config().max_position_embeddings
+    }
+
+    /// Token ids of `text`; `add_special` adds what the tokenizer adds around a raw text
+    /// (BOS for most SentencePiece models). Rendered chats already carry their specials.
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .assets
+            .tokenizer
+            .encode_fast(text, add_special)
+            .map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.assets
+            .tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("detokenization failed: {e}"))
+    }
+
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.template.render(messages, true)
+    }
+
+    /// Renders and tokenizes a chat, ready for generation.
+    pub fn chat_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        self.tokenize(&self.render_chat(messages)?, false)
+    }
+
+    /// Runs prompt then decodes, calling `on_text` with each new piece of text as soon as
+    /// it is final (complete UTF-8, not part of a possible stop string).
+    pub fn generate(
+        &self,
+        session: &mut Session,
+        req: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str),
+        cancel: &AtomicBool,
+    ) -> Result<Generation> {
+        req.sampling.validate()?;
+        let ctx = self.context_length();
+        let n_prompt = req.prompt_tokens.len();
+        if n_prompt == 0 {
+            bail!("the prompt is empty");
+        }
+        if n_prompt >= ctx {
+            bail!("the prompt is {n_prompt} tokens, which does not fit the model's context of {ctx} tokens");
+        }
+        // Reuse the cached prefix shared with the previous prompt of this session.
+        let shared = common_prefix(&session.tokens, &req.prompt_tokens).min(n_prompt - 1);
+        session.cache.truncate(shared);
+        session.tokens.truncate(shared);
+        let mut logits = self
+            .model
+            .forward(&req.prompt_tokens[shared..], &mut session.cache, usize::MAX)
+            .context("running the prompt")?;
+        session
+            .tokens
+            .extend_from_slice(&req.prompt_tokens[shared..]);
+
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut stream = TextStream::new();
+        let mut stop = StopMatcher::new(&req.stop);
+        let mut out = Vec::new();
+        let mut history = req.prompt_tokens.clone();
+        let finish = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break FinishReason::Cancelled;
+            }
+            let mut row = crate::models::llama::last_logits_vec(&logits)?;
+            let next = sampler.sample(&mut row, &history);
+            if self.assets.eos_token_ids.contains(&next) {
+                break FinishReason::Stop;
+            }
+            out.push(next);
+            history.push(next);
+            let piece = stream.push(&self.assets.tokenizer, next)?;
+            if let Some(emit) = stop.push(&piece) {
+                on_text(&emit);
+            }
+            if stop.matched() {
+                break FinishReason::Stop;
+            }
+            if out.len() >= req.max_tokens || session.cache.len() + 1 >= ctx {
+                break FinishReason::Length;
+            }
+            logits = self
+                .model
+                .forward(&[next], &mut session.cache, usize::MAX)?;
+            session.tokens.push(next);
+        };
+        if let Some(rest) = stop.flush() {
+            on_text(&rest);
+        }
+        Ok(Generation {
+            tokens: out,
+            text: stop.text().to_string(),
+            finish_reason: finish,
+            prompt_tokens: n_prompt,
+        })
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

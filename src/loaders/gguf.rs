@@ -1,0 +1,343 @@
+//! GGUF files: model shape from metadata, weights kept block-quantized, tokenizer and chat
+//! template from metadata unless a tokenizer.json is given.
+
+use super::gguf_file::{GgufFile, GgufValue};
+use super::hub::ModelFiles;
+use super::{LoadOptions, LoadedModel};
+use crate::models::config::Architecture;
+use crate::models::{Embedding, ModelConfig, WeightSource};
+use crate::quant::{GgmlLinear, IsqType, QuantLinear};
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokenizers::Tokenizer;
+
+pub fn load(
+    model_id: Option<&str>,
+    file: &str,
+    tokenizer_json: Option<&Path>,
+    opts: &LoadOptions,
+) -> Result<LoadedModel> {
+    let (path, files) = locate(model_id, file)?;
+    let gguf = GgufFile::open(&path)?;
+    let cfg = config_from_gguf(&gguf)
+        .with_context(|| format!("reading metadata of {}", path.display()))?;
+    let assets = match tokenizer_json {
+        Some(p) => {
+            let tokenizer = Tokenizer::from_file(p)
+                .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", p.display()))?;
+            let mut a = super::gguf_tokenizer::assets_from_gguf(&gguf)?;
+            a.tokenizer = tokenizer;
+            a
+        }
+        None => match files
+            .as_ref()
+            .map(|f| f.get("tokenizer.json"))
+            .transpose()?
+            .flatten()
+        {
+            Some(_) => super::plain::load_tokenizer_assets(files.as_ref().expect("checked"), &cfg)?,
+            None => super::gguf_tokenizer::assets_from_gguf(&gguf)?,
+        },
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.to_string());
+    let src = GgufSource {
+        arch: cfg.architecture,
+        n_head: cfg.num_attention_heads,
+        n_kv_head: cfg.num_key_value_heads,
+        file: gguf,
+        isq: opts.isq,
+        device: opts.device.clone(),
+        embed_cache: Mutex::new(None),
+    };
+    let what = match opts.isq {
+        Some(t) => format!("loading + ISQ {t}"),
+        None => "loading".to_string(),
+    };
+    let model = super::build_model(cfg, &src, &what)?;
+    Ok(LoadedModel {
+        model,
+        assets,
+        name,
+        load_seconds: 0.0,
+        isq_seconds: 0.0,
+    })
+}
+
+/// `-f` alone may be a path; with `-m` it names a file inside that directory or repo.
+fn locate(model_id: Option<&str>, file: &str) -> Result<(PathBuf, Option<ModelFiles>)> {
+    match model_id {
+        None => {
+            let p = PathBuf::from(file);
+            if !p.is_file() {
+                bail!("GGUF file {file} not found (pass -m DIR_OR_REPO to look inside a model directory or Hub repo)");
+            }
+            Ok((p, None))
+        }
+        Some(id) => {
+            let files = ModelFiles::resolve(id, "main", file)?;
+            let p = files
+                .get(file)?
+                .with_context(|| format!("{file} not found in {}", files.describe()))?;
+            Ok((p, Some(files)))
+        }
+    }
+}
+
+fn meta<'a>(g: &'a GgufFile, key: &str) -> Result<&'a GgufValue> {
+    g.get(key)
+        .with_context(|| format!("GGUF metadata has no {key}"))
+}
+
+fn meta_usize(g: &GgufFile, key: &str) -> Result<usize> {
+    meta(g, key)?
+        .as_u64()
+        .map(|v| v as usize)
+        .with_context(|| format!("GGUF metadata {key} is not an integer"))
+}
+
+pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
+    let arch_name = meta(g, "general.architecture")?
+        .as_str()
+        .context("general.architecture is not a string")?
+        .to_string();
+    let architecture = Architecture::parse(&arch_name)?;
+    let k = |s: &str| format!("{arch_name}.{s}");
+    let hidden = meta_usize(g, &k("embedding_length"))?;
+    let n_head = meta_usize(g, &k("attention.head_count"))?;
+    let n_kv = g
+        .get(&k("attention.head_count_kv"))
+        .and_then(|v| v.as_u64())
+        .map_or(n_head, |v| v as usize);
+    let head_dim = g
+        .get(&k("attention.key_length"))
+        .and_then(|v| v.as_u64())
+        .map_or(hidden / n_head.max(1), |v| v as usize);
+    let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
+        Some(v) => v as usize,
+        None => g
+            .tensor_info("token_embd.weight")
+            .context("GGUF has no token_embd.weight")?
+            .shape()[0],
+    };
+    let f = |key: &str, default: f64| g.get(&k(key)).and_then(|v| v.as_f64()).unwrap_or(default);
+    let cfg = ModelConfig {
+        architecture,
+        hidden_size: hidden,
+        intermediate_size: meta_usize(g, &k("feed_forward_length"))?,
+        num_hidden_layers: meta_usize(g, &k("block_count"))?,
+        num_attention_heads: n_head,
+        num_key_value_heads: n_kv,
+        head_dim,
+        vocab_size: vocab,
+        rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta: f("rope.freq_base", 10_000.0),
+        rope_scaling: None,
+        max_position_embeddings: g
+            .get(&k("context_length"))
+            .and_then(|v| v.as_u64())
+            .map_or(4096, |v| v as usize),
+        tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+        qkv_bias: architecture == Architecture::Qwen2,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Maps a Hugging Face weight name (without `.weight`) to the GGUF one.
+fn gguf_name(hf: &str) -> Result<String> {
+    Ok(match hf {
+        "model.embed_tokens" => "token_embd".into(),
+        "model.norm" => "output_norm".into(),
+        "lm_head" => "output".into(),
+        _ => {
+            let rest = hf
+                .strip_prefix("model.layers.")
+                .with_context(|| format!("no GGUF name for {hf}"))?;
+            let (layer, module) = rest
+                .split_once('.')
+                .with_context(|| format!("no GGUF name for {hf}"))?;
+            let m = match module {
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.o_proj" => "attn_output",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                "input_layernorm" => "attn_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                _ => bail!("no GGUF name for {hf}"),
+            };
+            format!("blk.{layer}.{m}")
+        }
+    })
+}
+
+struct GgufSource {
+    arch: Architecture,
+    n_head: usize,
+    n_kv_head: usize,
+    file: GgufFile,
+    isq: Option<IsqType>,
+    device: Device,
+    embed_cache: Mutex<Option<Arc<QTensor>>>,
+}
+
+impl GgufSource {
+    /// llama.cpp permutes the rows of Llama's Q and K so rotary pairs are adjacent; the
+    /// decoder uses transformers' rotate-half convention, so undo it (Qwen2 is unpermuted).
+    fn rope_heads(&self, hf: &str) -> Option<usize> {
+        if self.arch != Architecture::Llama {
+            return None;
+        }
+        if hf.ends_with("self_attn.q_proj") {
+            Some(self.n_head)
+        } else if hf.ends_with("self_attn.k_proj") {
+            Some(self.n_kv_head)
+        } else {
+            None
+        }
+    }
+
+    fn qtensor(&self, gguf: &str, unpermute_heads: Option<usize>) -> Result<QTensor> {
+        let info = self.file.tensor_info(gguf).with_context(|| {
+            format!("tensor {gguf} is missing from {}", self.file.path.display())
+        })?;
+        let bytes = self.file.tensor_bytes(info);
+        let shape = info.shape();
+        match unpermute_heads {
+            Some(heads) => {
+                let rows = shape[0];
+                let row_bytes = bytes.len() / rows.max(1);
+                anyhow::ensure!(
+                    heads > 0 && rows % (2 * heads) == 0,
+                    "tensor {gguf}: {rows} rows do not split into {heads} rotary heads"
+                );
+                let reordered = unpermute_rows(bytes, rows, row_bytes, heads);
+                Ok(qtensor_from_ggml(
+                    info.dtype,
+                    &reordered,
+                    shape,
+                    &self.device,
+                )?)
+            }
+            None => Ok(qtensor_from_ggml(info.dtype, bytes, shape, &self.device)?),
+        }
+    }
+
+    fn dense_tensor(&self, gguf: &str, unpermute_heads: Option<usize>) -> Result<Tensor> {
+        Ok(self
+            .qtensor(gguf, unpermute_heads)?
+            .dequantize(&self.device)?
+            .to_dtype(DType::F32)?)
+    }
+
+    fn embed_qtensor(&self) -> Result<Arc<QTensor>> {
+        let mut cache = self.embed_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = cache.as_ref() {
+            return Ok(q.clone());
+        }
+        let q = Arc::new(self.qtensor("token_embd.weight", None)?);
+        *cache = Some(q.clone());
+        Ok(q)
+    }
+}
+
+/// Inverse of llama.cpp's (2, hd/2) → (hd/2, 2) row permutation within each head.
+fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, heads: usize) -> Vec<u8> {
+    let hd = rows / heads;
+    let half = hd / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let dst = h * hd + s * half + j;
+                let src = h * hd + 2 * j + s;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+impl WeightSource for GgufSource {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn has(&self, name: &str) -> bool {
+        gguf_name(name).is_ok_and(|n| self.file.tensor_info(&format!("{n}.weight")).is_some())
+    }
+    fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        let g = gguf_name(name)?;
+        let heads = self.rope_heads(name);
+        let bias = if bias {
+            Some(self.dense_tensor(&format!("{g}.bias"), heads)?)
+        } else {
+            None
+        };
+        let q = self.qtensor(&format!("{g}.weight"), heads)?;
+        let lin = GgmlLinear::new(Arc::new(q), bias)?;
+        match self.isq {
+            Some(ty) => lin
+                .apply_isq(ty)
+                .with_context(|| format!("quantizing {g}.weight to {ty}")),
+            None => Ok(Arc::new(lin)),
+        }
+    }
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        self.dense_tensor(&format!("{}.weight", gguf_name(name)?), None)
+    }
+    fn embedding(&self, _name: &str) -> Result<Embedding> {
+        let q = self.embed_qtensor()?;
+        Ok(match q.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                Embedding::Dense(q.dequantize(&self.device)?)
+            }
+            _ => Embedding::Quantized(q),
+        })
+    }
+    fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
+        let q = match tied {
+            Some(_) => self.embed_qtensor()?,
+            None => Arc::new(self.qtensor(&format!("{}.weight", gguf_name(name)?), None)?),
+        };
+        Ok(Arc::new(GgmlLinear::new(q, None)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // Two heads of head_dim 4, one byte per row: llama.cpp stores HF rows
+        // [0,1,2,3 | 4,5,6,7] as [0,2,1,3 | 4,6,5,7].
+        let gguf_rows = [0u8, 2, 1, 3, 4, 6, 5, 7];
+        assert_eq!(
+            unpermute_rows(&gguf_rows, 8, 1, 2),
+            vec![0, 1, 2, 3, 4, 5, 6, 7]
+        );
+    }
+
+    #[test]
+    fn maps_names() {
+        assert_eq!(
+            gguf_name("model.layers.12.self_attn.q_proj").unwrap(),
+            "blk.12.attn_q"
+        );
+        assert_eq!(
+            gguf_name("model.layers.0.mlp.down_proj").unwrap(),
+            "blk.0.ffn_down"
+        );
+        assert_eq!(gguf_name("lm_head").unwrap(), "output");
+        assert!(gguf_name("model.layers.0.foo").is_err());
+    }
+}

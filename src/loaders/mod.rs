@@ -1,0 +1,125 @@
+//! Turning files on disk into a model, a tokenizer and a chat template.
+
+pub mod gguf;
+pub mod gguf_file;
+pub mod gguf_tokenizer;
+pub mod hub;
+pub mod plain;
+
+use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};
+use crate::quant::IsqType;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use std::path::PathBuf;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+
+/// Which files to load, as the CLI's loader subcommands name them.
+#[derive(Debug, Clone)]
+pub enum ModelSpec {
+    /// Hugging Face layout: safetensors + config.json + tokenizer.json.
+    Plain { model_id: String, revision: String },
+    /// A GGUF file, found directly or inside `model_id` (a directory or Hub repo).
+    Gguf {
+        model_id: Option<String>,
+        file: String,
+        tokenizer_json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Storage dtype for unquantized weights of plain models.
+    pub dtype: DType,
+    pub isq: Option<IsqType>,
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            isq: None,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// Everything text-side of a model: tokenizer, special tokens and chat template.
+#[derive(Clone)]
+pub struct TokenizerAssets {
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Token ids that end a generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+pub struct LoadedModel {
+    pub model: Box<dyn CausalLm>,
+    pub assets: TokenizerAssets,
+    /// A short name for logs and the API (`HuggingFaceTB/SmolLM2-135M-Instruct`).
+    pub name: String,
+    pub load_seconds: f64,
+    pub isq_seconds: f64,
+}
+
+pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
+    let start = Instant::now();
+    let mut loaded = match spec {
+        ModelSpec::Plain { model_id, revision } => plain::load(model_id, revision, opts),
+        ModelSpec::Gguf {
+            model_id,
+            file,
+            tokenizer_json,
+        } => gguf::load(model_id.as_deref(), file, tokenizer_json.as_deref(), opts),
+    }?;
+    loaded.load_seconds = start.elapsed().as_secs_f64();
+    let summary: Vec<String> = loaded
+        .model
+        .linear_storage_summary()
+        .into_iter()
+        .map(|(k, n)| format!("{n}×{k}"))
+        .collect();
+    tracing::info!(
+        "loaded {} in {:.2}s: {:.1} MB of weights, linears {}",
+        loaded.name,
+        loaded.load_seconds,
+        loaded.model.weights_size_in_bytes() as f64 / 1e6,
+        summary.join(", ")
+    );
+    Ok(loaded)
+}
+
+/// Builds the model for `cfg.architecture` from `src`, with a layer progress bar.
+pub(crate) fn build_model(
+    cfg: ModelConfig,
+    src: &dyn WeightSource,
+    what: &str,
+) -> Result<Box<dyn CausalLm>> {
+    let bar = crate::progress::bar(cfg.num_hidden_layers as u64, what);
+    let progress = |done: usize, _total: usize| bar.set_position(done as u64);
+    let model: Box<dyn CausalLm> = match cfg.architecture {
+        Architecture::Llama => Box::new(models::llama::Llama::load(cfg, src, &progress)?),
+        Architecture::Qwen2 => Box::new(models::qwen2::load(cfg, src, &progress)?),
+    };
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+/// Reads a special token from tokenizer_config.json, written as a string or as
+/// `{"content": ...}`.
+pub(crate) fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}

@@ -1,0 +1,212 @@
+//! Hugging Face checkpoints: safetensors (single or sharded) + config.json + tokenizer.json.
+
+use super::hub::ModelFiles;
+use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
+use crate::models::{Embedding, ModelConfig, WeightSource};
+use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokenizers::Tokenizer;
+
+pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let files = ModelFiles::resolve(model_id, revision, "config.json")?;
+    let need = |name: &str| -> Result<PathBuf> {
+        files
+            .get(name)?
+            .with_context(|| format!("model {} has no {name}", files.describe()))
+    };
+    let config_path = need("config.json")?;
+    let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(&config_path)?)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let weights = safetensor_paths(&files)?;
+    let tensors = unsafe { MmapedSafetensors::multi(&weights) }.with_context(|| {
+        format!(
+            "cannot read safetensors of {} (truncated or corrupt?)",
+            files.describe()
+        )
+    })?;
+    let assets = load_tokenizer_assets(&files, &cfg)?;
+    let src = SafetensorsSource {
+        tensors,
+        dtype: opts.dtype,
+        isq: opts.isq,
+        device: opts.device.clone(),
+        embed_cache: Mutex::new(None),
+    };
+    let what = match opts.isq {
+        Some(t) => format!("loading + ISQ {t}"),
+        None => "loading".to_string(),
+    };
+    let model = super::build_model(cfg, &src, &what)?;
+    Ok(LoadedModel {
+        model,
+        assets,
+        name: model_id.to_string(),
+        load_seconds: 0.0,
+        isq_seconds: 0.0,
+    })
+}
+
+fn safetensor_paths(files: &ModelFiles) -> Result<Vec<PathBuf>> {
+    if let Some(index) = files.get("model.safetensors.index.json")? {
+        let json = read_json(&index)?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{} has no weight_map", index.display()))?;
+        let mut shards: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        return shards
+            .iter()
+            .map(|s| {
+                files
+                    .get(s)?
+                    .with_context(|| format!("shard {s} listed in the index is missing"))
+            })
+            .collect();
+    }
+    match files.get("model.safetensors")? {
+        Some(p) => Ok(vec![p]),
+        None => bail!(
+            "model {} has neither model.safetensors nor model.safetensors.index.json",
+            files.describe()
+        ),
+    }
+}
+
+pub(crate) fn load_tokenizer_assets(
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+) -> Result<TokenizerAssets> {
+    let tok_path = files
+        .get("tokenizer.json")?
+        .with_context(|| format!("model {} has no tokenizer.json", files.describe()))?;
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tok_path.display()))?;
+    let tcfg = match files.get("tokenizer_config.json")? {
+        Some(p) => read_json(&p)?,
+        None => serde_json::Value::Null,
+    };
+    let mut chat_template = match tcfg.get("chat_template") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        // A list of named templates: use "default".
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    };
+    if chat_template.is_none() {
+        if let Some(p) = files.get("chat_template.jinja")? {
+            chat_template = Some(std::fs::read_to_string(p)?);
+        }
+    }
+    let bos_token = special_token(&tcfg, "bos_token");
+    let eos_token = special_token(&tcfg, "eos_token");
+    let mut eos_token_ids = Vec::new();
+    if let Some(p) = files.get("generation_config.json")? {
+        collect_ids(read_json(&p)?.get("eos_token_id"), &mut eos_token_ids);
+    }
+    if let Some(p) = files.get("config.json")? {
+        collect_ids(read_json(&p)?.get("eos_token_id"), &mut eos_token_ids);
+    }
+    if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+        eos_token_ids.push(id);
+    }
+    eos_token_ids.sort_unstable();
+    eos_token_ids.dedup();
+    let _ = cfg;
+    Ok(TokenizerAssets {
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        eos_token_ids,
+    })
+}
+
+fn collect_ids(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
+    match v {
+        Some(serde_json::Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
+        Some(serde_json::Value::Array(a)) => {
+            out.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32))
+        }
+        _ => {}
+    }
+}
+
+/// Weights from memory-mapped safetensors, read one tensor at a time.
+struct SafetensorsSource {
+    tensors: MmapedSafetensors,
+    dtype: DType,
+    isq: Option<IsqType>,
+    device: Device,
+    /// The embedding, kept so a tied output head shares its storage.
+    embed_cache: Mutex<Option<Tensor>>,
+}
+
+impl SafetensorsSource {
+    fn load(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .load(name, &Device::Cpu)
+            .with_context(|| format!("tensor {name}"))?;
+        Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
+    }
+    fn embed_tensor(&self, name: &str) -> Result<Tensor> {
+        let mut cache = self.embed_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self.load(&format!("{name}.weight"), self.dtype)?;
+        *cache = Some(t.clone());
+        Ok(t)
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.get(&format!("{name}.weight")).is_ok()
+    }
+    fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        let bias = if bias {
+            Some(self.load(&format!("{name}.bias"), DType::F32)?)
+        } else {
+            None
+        };
+        let wname = format!("{name}.weight");
+        match self.isq {
+            // Quantize straight from the f32 view of this one tensor; it is dropped
+            // before the next is read, so full precision never sits in memory whole.
+            Some(ty) => isq::quantize_linear(&self.load(&wname, DType::F32)?, bias, ty)
+                .with_context(|| format!("quantizing {wname} to {ty}")),
+            None => Ok(Arc::new(UnquantLinear::new(
+                self.load(&wname, self.dtype)?,
+                bias,
+            )?)),
+        }
+    }
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        self.load(&format!("{name}.weight"), DType::F32)
+    }
+    fn embedding(&self, name: &str) -> Result<Embedding> {
+        Ok(Embedding::Dense(self.embed_tensor(name)?))
+    }
+    fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
+        let w = match tied {
+            Some(embed) => self.embed_tensor(embed)?,
+            None => self.load(&format!("{name}.weight"), self.dtype)?,
+        };
+        Ok(Arc::new(UnquantLinear::new(w, None)?))
+    }
+}

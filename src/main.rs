@@ -1,0 +1,342 @@
+//! The command line: parses flags with clap and hands off to the library.
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use smelt::engine::sampling::SamplingParams;
+use smelt::engine::{Engine, GenerateRequest};
+use smelt::loaders::{LoadOptions, ModelSpec};
+use smelt::quant::IsqType;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+#[derive(Parser)]
+#[command(
+    name = "smelt",
+    version,
+    about = "LLM inference with in-situ quantization"
+)]
+struct Cli {
+    /// Quantize linear layers while loading: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K..Q8K
+    /// (llama.cpp spellings like Q4_K accepted), or a bit width 2|3|4|5|6|8.
+    #[arg(long, global = true, value_parser = parse_isq)]
+    isq: Option<IsqType>,
+    /// Worker threads for the CPU kernels (default: all cores).
+    #[arg(short = 't', long, global = true)]
+    threads: Option<usize>,
+    /// Log filter (error, warn, info, debug, trace or a tracing directive).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    /// Interactive chat (the default when no --prompt is given).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Run one completion of TEXT, print it, and exit.
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// With --prompt: wrap TEXT in the model's chat template as a user turn.
+    #[arg(long)]
+    chat: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Most tokens to generate per reply.
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Seed for reproducible sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this string is generated (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// System prompt for chat.
+    #[arg(long)]
+    system: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A Hugging Face checkpoint (safetensors + config.json + tokenizer.json).
+    Plain(PlainArgs),
+    /// A GGUF file.
+    Gguf(GgufArgs),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(PerplexityArgs),
+    /// Prompt-processing and generation speed, as llama-bench reports them.
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand, Clone)]
+enum LoaderCommand {
+    Plain(PlainArgs),
+    Gguf(GgufArgs),
+}
+
+#[derive(Args, Clone)]
+struct PlainArgs {
+    /// A local directory or a Hugging Face repo id (looked up in the local cache first).
+    #[arg(short = 'm', long = "model-id")]
+    model_id: String,
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// Storage dtype for unquantized weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    dtype: DType,
+}
+
+#[derive(Args, Clone)]
+struct GgufArgs {
+    /// Directory or Hugging Face repo holding the file (optional when -f is a path).
+    #[arg(short = 'm', long = "model-id")]
+    model_id: Option<String>,
+    /// The GGUF file (a path, or a name inside -m).
+    #[arg(short = 'f', long = "file")]
+    file: String,
+    /// Use this tokenizer.json instead of the tokenizer in the GGUF metadata.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[arg(long)]
+    file: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    #[command(subcommand)]
+    loader: LoaderCommand,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Prompt tokens for the prompt-processing test (0 skips it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens for the generation test (0 skips it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    reps: usize,
+    #[command(subcommand)]
+    loader: LoaderCommand,
+}
+
+fn parse_isq(s: &str) -> Result<IsqType, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        _ => Err(format!("unknown dtype `{s}`; valid: f32, f16, bf16")),
+    }
+}
+
+impl LoaderCommand {
+    fn spec(&self) -> (ModelSpec, DType) {
+        match self {
+            Self::Plain(a) => plain_spec(a),
+            Self::Gguf(a) => gguf_spec(a),
+        }
+    }
+}
+
+fn plain_spec(a: &PlainArgs) -> (ModelSpec, DType) {
+    (
+        ModelSpec::Plain {
+            model_id: a.model_id.clone(),
+            revision: a.revision.clone(),
+        },
+        a.dtype,
+    )
+}
+
+fn gguf_spec(a: &GgufArgs) -> (ModelSpec, DType) {
+    (
+        ModelSpec::Gguf {
+            model_id: a.model_id.clone(),
+            file: a.file.clone(),
+            tokenizer_json: a.tokenizer.clone(),
+        },
+        DType::F32,
+    )
+}
+
+fn sampling_params(s: &SamplingArgs) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+        logit_bias: Default::default(),
+        seed: s.seed,
+    }
+}
+
+fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, f64, f64)> {
+    let opts = LoadOptions {
+        dtype,
+        isq: cli.isq,
+        ..Default::default()
+    };
+    if let Some(t) = cli.isq {
+        tracing::info!("ISQ: linear layers of attention and MLP → {t}");
+    }
+    let loaded = smelt::load(&spec, &opts)?;
+    let (load_s, isq_s) = (loaded.load_seconds, loaded.isq_seconds);
+    Ok((Engine::new(loaded)?, load_s, isq_s))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        // candle's CPU kernels size their parallelism from this variable.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .ok();
+    }
+    match &cli.command {
+        Command::Plain(a) => chat_or_complete(&cli, plain_spec(a)),
+        Command::Gguf(a) => chat_or_complete(&cli, gguf_spec(a)),
+        Command::Perplexity(p) => {
+            let text = std::fs::read_to_string(&p.file)
+                .with_context(|| format!("cannot read {}", p.file.display()))?;
+            let (engine, _, _) = load_engine(&cli, p.loader.spec())?;
+            let r = smelt::perplexity::perplexity(&engine, &text, p.ctx, p.chunks)?;
+            let chunks: Vec<String> = r
+                .per_chunk
+                .iter()
+                .enumerate()
+                .map(|(i, v)| format!("[{}]{v:.4}", i + 1))
+                .collect();
+            println!("{}", chunks.join(","));
+            println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.ppl_err);
+            Ok(())
+        }
+        Command::Bench(b) => {
+            let (engine, load_s, isq_s) = load_engine(&cli, b.loader.spec())?;
+            let rows = smelt::bench::run(&engine, b.n_prompt, b.n_gen, b.reps)?;
+            let threads = cli
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let size_mb = engine.model.weights_size_in_bytes() as f64 / (1024.0 * 1024.0);
+            println!("| model | size | threads | test | t/s |");
+            println!("| --- | ---: | ---: | ---: | ---: |");
+            for r in &rows {
+                println!(
+                    "| {} | {size_mb:.2} MiB | {threads} | {} | {:.2} ± {:.2} |",
+                    engine.model_name, r.test, r.mean_tps, r.sd_tps
+                );
+            }
+            println!("load time: {load_s:.2} s");
+            match cli.isq {
+                Some(t) => println!("ISQ time ({t}): {isq_s:.2} s"),
+                None => println!("ISQ time: none"),
+            }
+            if let Some(rss) = smelt::bench::peak_rss_bytes() {
+                println!("peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn chat_or_complete(cli: &Cli, spec: (ModelSpec, DType)) -> Result<()> {
+    let (engine, _, _) = load_engine(cli, spec)?;
+    let sampling = sampling_params(&cli.sampling);
+    sampling.validate()?;
+    match (&cli.prompt, cli.interactive) {
+        (Some(prompt), false) => {
+            let tokens = if cli.chat {
+                let mut msgs = Vec::new();
+                if let Some(s) = &cli.sampling.system {
+                    msgs.push(smelt::engine::chat_template::ChatMessage::new("system", s));
+                }
+                msgs.push(smelt::engine::chat_template::ChatMessage::new(
+                    "user", prompt,
+                ));
+                engine.chat_tokens(&msgs)?
+            } else {
+                engine.tokenize(prompt, true)?
+            };
+            let req = GenerateRequest {
+                prompt_tokens: tokens,
+                max_tokens: cli.sampling.max_tokens,
+                sampling,
+                stop: cli.sampling.stop.clone(),
+            };
+            let mut session = engine.new_session();
+            let mut out = std::io::stdout();
+            let cancel = AtomicBool::new(false);
+            use std::io::Write;
+            engine.generate(
+                &mut session,
+                &req,
+                &mut |piece| {
+                    let _ = out.write_all(piece.as_bytes());
+                    let _ = out.flush();
+                },
+                &cancel,
+            )?;
+            println!();
+            Ok(())
+        }
+        (Some(_), true) => anyhow::bail!("--prompt and -i cannot be used together"),
+        (None, _) => smelt::repl::run(
+            &engine,
+            smelt::repl::ReplOptions {
+                sampling,
+                max_tokens: cli.sampling.max_tokens,
+                stop: cli.sampling.stop.clone(),
+                system: cli.sampling.system.clone(),
+            },
+        ),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,71 @@
+//! Model architectures, each written only against [`WeightSource`] and
+//! [`crate::quant::QuantLinear`], so every loader and every quantization serves every model.
+
+pub mod config;
+pub mod llama;
+pub mod qwen2;
+pub mod rope;
+
+use crate::engine::kv_cache::KvCache;
+use crate::quant::{IsqType, QuantLinear};
+use anyhow::Result;
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+pub use config::{Architecture, ModelConfig};
+
+/// Where a model's weights come from. Names are Hugging Face's without the `.weight`
+/// suffix (`model.layers.3.self_attn.q_proj`); each loader maps them to its own layout.
+pub trait WeightSource {
+    fn device(&self) -> &Device;
+    fn has(&self, name: &str) -> bool;
+    /// A linear layer, with its bias when `bias` is set, quantized as the loader decides.
+    fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>>;
+    /// A small dense tensor (norm weights) as f32.
+    fn dense(&self, name: &str) -> Result<Tensor>;
+    fn embedding(&self, name: &str) -> Result<Embedding>;
+    /// The output head. `tied` names the embedding it shares storage with.
+    fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>>;
+}
+
+/// Token embedding table, dense or kept block-quantized (rows dequantized on lookup).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Dense(w) => w.index_select(ids, 0)?.to_dtype(candle_core::DType::F32)?,
+            Self::Quantized(q) => q.embedding(ids)?,
+        })
+    }
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.dims()[0],
+            Self::Quantized(q) => q.shape().dims()[0],
+        }
+    }
+}
+
+/// A decoder-only language model.
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    /// Runs `tokens` after the `cache.len()` tokens already in the cache, appending to it.
+    /// Returns f32 logits (rows, vocab) for the tokens from index `logits_from` on
+    /// (clamped so at least the last token's row comes back).
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits_from: usize) -> Result<Tensor>;
+    fn new_cache(&self) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.num_hidden_layers, c.max_position_embeddings)
+    }
+    /// Bytes taken by the weights.
+    fn weights_size_in_bytes(&self) -> usize;
+    /// (storage name, number of linears) for the log line after loading.
+    fn linear_storage_summary(&self) -> Vec<(String, usize)>;
+    /// Re-quantize every linear of attention and MLP to `ty` in place.
+    fn apply_isq(&mut self, ty: IsqType) -> Result<()>;
+}

@@ -1,0 +1,79 @@
+//! Linear layer over a ggml block-quantized weight (candle-core's quantized module).
+
+use super::{add_bias, QuantLinear};
+use anyhow::{Context, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor};
+use std::sync::Arc;
+
+/// From this many input rows on, dequantize once and use the f32 GEMM.
+const DEQUANT_GEMM_MIN_ROWS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct GgmlLinear {
+    qtensor: Arc<QTensor>,
+    matmul: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl GgmlLinear {
+    pub fn new(qtensor: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
+        anyhow::ensure!(
+            qtensor.rank() == 2,
+            "linear weight must be 2-D, got {:?}",
+            qtensor.shape()
+        );
+        let matmul = QMatMul::from_arc(qtensor.clone())?;
+        Ok(Self {
+            qtensor,
+            matmul,
+            bias,
+        })
+    }
+
+    pub fn qtensor(&self) -> &Arc<QTensor> {
+        &self.qtensor
+    }
+
+    pub fn ggml_dtype(&self) -> GgmlDType {
+        self.qtensor.dtype()
+    }
+}
+
+impl QuantLinear for GgmlLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+        let y = if rows >= DEQUANT_GEMM_MIN_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
+            // Prompt batches: one dequantization amortised over many rows lets the
+            // blocked f32 GEMM run, far faster than a row-by-row quantized dot product.
+            let w = self.qtensor.dequantize(&self.qtensor.device())?;
+            x.broadcast_matmul(&w.t()?)?
+        } else {
+            self.matmul
+                .forward(&x)
+                .with_context(|| format!("{:?} matmul", self.qtensor.dtype()))?
+        };
+        add_bias(y, self.bias.as_ref())
+    }
+    fn dequantize(&self) -> Result<Tensor> {
+        Ok(self.qtensor.dequantize(&self.qtensor.device())?)
+    }
+    fn size_in_bytes(&self) -> usize {
+        self.qtensor.storage_size_in_bytes()
+            + self
+                .bias
+                .as_ref()
+                .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
+    }
+    fn storage_name(&self) -> String {
+        super::isq::ggml_name(self.qtensor.dtype()).to_string()
+    }
+    fn shape(&self) -> (usize, usize) {
+        let d = self.qtensor.shape().dims();
+        (d[0], d[1])
+    }
+    fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}

@@ -1,0 +1,213 @@
+//! In-situ quantization types: parsing `--isq`, block-size fallbacks, quantizing a weight.
+
+use super::{GgmlLinear, QuantLinear};
+use anyhow::{bail, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Tensor};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IsqType {
+    Ggml(GgmlDType),
+}
+
+const GGML_TYPES: &[(GgmlDType, &str)] = &[
+    (GgmlDType::Q4_0, "Q4_0"),
+    (GgmlDType::Q4_1, "Q4_1"),
+    (GgmlDType::Q5_0, "Q5_0"),
+    (GgmlDType::Q5_1, "Q5_1"),
+    (GgmlDType::Q8_0, "Q8_0"),
+    (GgmlDType::Q8_1, "Q8_1"),
+    (GgmlDType::Q2K, "Q2K"),
+    (GgmlDType::Q3K, "Q3K"),
+    (GgmlDType::Q4K, "Q4K"),
+    (GgmlDType::Q5K, "Q5K"),
+    (GgmlDType::Q6K, "Q6K"),
+    (GgmlDType::Q8K, "Q8K"),
+];
+
+pub fn ggml_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        other => GGML_TYPES
+            .iter()
+            .find(|(d, _)| *d == other)
+            .map_or("?", |(_, n)| n),
+    }
+}
+
+impl IsqType {
+    /// Every accepted spelling, for error messages.
+    pub fn valid_names() -> String {
+        let names: Vec<&str> = GGML_TYPES.iter().map(|(_, n)| *n).collect();
+        format!("{} (or a bit width 2, 3, 4, 5, 6, 8)", names.join(", "))
+    }
+
+    /// The type a bare bit width stands for on the CPU (mistral.rs' mapping).
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        let t = match bits {
+            2 => GgmlDType::Q2K,
+            3 => GgmlDType::Q3K,
+            4 => GgmlDType::Q4K,
+            5 => GgmlDType::Q5K,
+            6 => GgmlDType::Q6K,
+            8 => GgmlDType::Q8_0,
+            _ => return None,
+        };
+        Some(Self::Ggml(t))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ggml(t) => ggml_name(*t),
+        }
+    }
+
+    fn block_size(&self) -> usize {
+        match self {
+            Self::Ggml(t) => t.block_size(),
+        }
+    }
+
+    /// llama.cpp's step-down for rows that do not divide the K-quant super-block.
+    fn fallback(&self) -> Option<Self> {
+        let t = match self {
+            Self::Ggml(GgmlDType::Q2K | GgmlDType::Q3K) => GgmlDType::Q4_0,
+            Self::Ggml(GgmlDType::Q4K) => GgmlDType::Q5_0,
+            Self::Ggml(GgmlDType::Q5K) => GgmlDType::Q5_1,
+            Self::Ggml(GgmlDType::Q6K | GgmlDType::Q8K) => GgmlDType::Q8_0,
+            _ => return None,
+        };
+        Some(Self::Ggml(t))
+    }
+
+    /// The type actually used for rows of `row_len` elements; None keeps the layer dense.
+    pub fn for_row_len(&self, row_len: usize) -> Option<Self> {
+        let mut t = *self;
+        loop {
+            if row_len % t.block_size() == 0 {
+                if t != *self {
+                    warn_fallback_once(*self, Some(t));
+                }
+                return Some(t);
+            }
+            match t.fallback() {
+                Some(next) => t = next,
+                None => {
+                    warn_fallback_once(*self, None);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for IsqType {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let trimmed = s.trim();
+        if let Ok(bits) = trimmed.parse::<u32>() {
+            return Self::from_bits(bits).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no ISQ type for {bits} bits; valid: {}",
+                    Self::valid_names()
+                )
+            });
+        }
+        // Accept Q4K, q4k, Q4_K, q4_k alike.
+        let canon = trimmed.to_ascii_uppercase().replace("_K", "K");
+        for (t, name) in GGML_TYPES {
+            if name.replace("_K", "K") == canon {
+                return Ok(Self::Ggml(*t));
+            }
+        }
+        bail!("unknown ISQ type `{s}`; valid: {}", Self::valid_names())
+    }
+}
+
+impl std::fmt::Display for IsqType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn warn_fallback_once(requested: IsqType, used: Option<IsqType>) {
+    static SEEN: Mutex<Option<HashSet<(IsqType, Option<IsqType>)>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen
+        .get_or_insert_with(HashSet::new)
+        .insert((requested, used))
+    {
+        match used {
+            Some(u) => tracing::warn!(
+                "rows not divisible by the {requested} block size: those tensors use {u} (as llama.cpp does)"
+            ),
+            None => tracing::warn!(
+                "rows not divisible by the {requested} block size: those tensors stay unquantized"
+            ),
+        }
+    }
+}
+
+/// Quantize a dense (out, in) weight to `ty`, stepping down per llama.cpp when the row
+/// length does not divide the block; a layer no type fits stays dense.
+pub fn quantize_linear(
+    weight: &Tensor,
+    bias: Option<Tensor>,
+    ty: IsqType,
+) -> Result<Arc<dyn QuantLinear>> {
+    let (_, cols) = weight.dims2()?;
+    let weight = weight.to_dtype(DType::F32)?;
+    match ty.for_row_len(cols) {
+        Some(IsqType::Ggml(dt)) => {
+            let q = QTensor::quantize(&weight, dt)?;
+            Ok(Arc::new(GgmlLinear::new(Arc::new(q), bias)?))
+        }
+        None => Ok(Arc::new(super::UnquantLinear::new(weight, bias)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_spellings() {
+        for s in ["Q4K", "q4k", "Q4_K", "q4_k", "4"] {
+            assert_eq!(
+                s.parse::<IsqType>().unwrap(),
+                IsqType::Ggml(GgmlDType::Q4K),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            "q8_0".parse::<IsqType>().unwrap(),
+            IsqType::Ggml(GgmlDType::Q8_0)
+        );
+        assert_eq!(
+            "8".parse::<IsqType>().unwrap(),
+            IsqType::Ggml(GgmlDType::Q8_0)
+        );
+        let err = "Q7".parse::<IsqType>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown ISQ type") && err.contains("Q4_0"),
+            "{err}"
+        );
+        assert!("7".parse::<IsqType>().is_err());
+    }
+
+    #[test]
+    fn falls_back_like_llama_cpp() {
+        let q = |s: &str| s.parse::<IsqType>().unwrap();
+        assert_eq!(q("Q4K").for_row_len(576), Some(q("Q5_0")));
+        assert_eq!(q("Q5K").for_row_len(576), Some(q("Q5_1")));
+        assert_eq!(q("Q6K").for_row_len(576), Some(q("Q8_0")));
+        assert_eq!(q("Q2K").for_row_len(576), Some(q("Q4_0")));
+        assert_eq!(q("Q3K").for_row_len(576), Some(q("Q4_0")));
+        assert_eq!(q("Q4K").for_row_len(1536), Some(q("Q4K")));
+        assert_eq!(q("Q4_0").for_row_len(40), None);
+    }
+}
