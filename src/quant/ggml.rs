@@ -77,3 +77,46 @@ impl QuantLinear for GgmlLinear {
         self.bias.as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn quantized_forward_matches_dequantized_matmul() {
+        let dev = Device::Cpu;
+        for dt in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (64, 512), &dev).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (1, 3, 512), &dev).unwrap();
+            let lin = GgmlLinear::new(Arc::new(QTensor::quantize(&w, dt).unwrap()), None).unwrap();
+            let y = lin.forward(&x).unwrap();
+            let reference = x
+                .broadcast_matmul(&lin.dequantize().unwrap().t().unwrap())
+                .unwrap();
+            let err = (y - &reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = reference
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            eprintln!("{dt:?}: max err {err} of {scale}");
+            assert!(err / scale < 0.02, "{dt:?}: {err} vs {scale}");
+        }
+    }
+}
