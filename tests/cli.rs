@@ -48,34 +48,82 @@ fn gguf() -> String {
 fn one_shot_completion_prints_reference_text() {
     let r = reference();
     let out = smelt(
-        &["--log", "error", "--temperature", "0", "--max-tokens", "40", "--prompt", r["greedy"]["prompt"].as_str().unwrap(), "gguf", "-f", &gguf()],
+        &[
+            "--log",
+            "error",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "--prompt",
+            r["greedy"]["prompt"].as_str().unwrap(),
+            "gguf",
+            "-f",
+            &gguf(),
+        ],
         None,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.trim_end_matches('\n'), r["greedy"]["continuation"].as_str().unwrap());
+    assert_eq!(
+        stdout.trim_end_matches('\n'),
+        r["greedy"]["continuation"].as_str().unwrap()
+    );
 }
 
 #[test]
 fn scripted_repl_answers_each_line_and_keeps_history() {
     let script = "What is the capital of France? Answer in one sentence.\n\\help\nAnd what about Italy? Answer in one sentence.\n\\clear\n\\system You are a pirate.\nHello!\n\\exit\nnever read\n";
-    let out = smelt(&["--log", "error", "--temperature", "0", "--max-tokens", "24", "-i", "gguf", "-f", &gguf()], Some(script));
+    let out = smelt(
+        &[
+            "--log",
+            "error",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "24",
+            "-i",
+            "gguf",
+            "-f",
+            &gguf(),
+        ],
+        Some(script),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("Paris"), "first reply: {stdout}");
-    assert!(stdout.contains("Rome"), "the second turn must see the first: {stdout}");
-    assert!(stderr.contains("\\system TEXT"), "help goes to stderr: {stderr}");
+    assert!(
+        stdout.contains("Rome"),
+        "the second turn must see the first: {stdout}"
+    );
+    assert!(
+        stderr.contains("\\system TEXT"),
+        "help goes to stderr: {stderr}"
+    );
     // Three user turns, three replies, each ended by a newline.
     assert!(stdout.lines().count() >= 3, "{stdout}");
 }
 
 #[test]
 fn missing_model_names_both_places_looked_at() {
-    let out = smelt(&["--prompt", "hi", "plain", "-m", "no-such-org/no-such-model"], None);
+    let out = smelt(
+        &["--prompt", "hi", "plain", "-m", "no-such-org/no-such-model"],
+        None,
+    );
     let line = assert_clean_error(&out, "not found");
-    assert!(line.contains("local directory") && line.contains("Hugging Face cache"), "{line}");
-    assert!(line.contains("models--no-such-org--no-such-model"), "{line}");
+    assert!(
+        line.contains("local directory") && line.contains("Hugging Face cache"),
+        "{line}"
+    );
+    assert!(
+        line.contains("models--no-such-org--no-such-model"),
+        "{line}"
+    );
 }
 
 fn write_tmp(name: &str, bytes: &[u8]) -> String {
@@ -90,24 +138,47 @@ fn write_tmp(name: &str, bytes: &[u8]) -> String {
 fn truncated_and_corrupt_gguf_are_clear_errors() {
     let full = std::fs::read(gguf_path()).unwrap();
     let truncated = write_tmp("truncated.gguf", &full[..full.len() / 2]);
-    assert_clean_error(&smelt(&["--prompt", "hi", "gguf", "-f", &truncated], None), "truncated");
+    assert_clean_error(
+        &smelt(&["--prompt", "hi", "gguf", "-f", &truncated], None),
+        "truncated",
+    );
     let header_only = write_tmp("header.gguf", &full[..1000]);
-    assert_clean_error(&smelt(&["--prompt", "hi", "gguf", "-f", &header_only], None), "truncated");
+    assert_clean_error(
+        &smelt(&["--prompt", "hi", "gguf", "-f", &header_only], None),
+        "truncated",
+    );
     let mut bad_magic = full[..4096].to_vec();
     bad_magic[0] = b'X';
     let bad_magic = write_tmp("magic.gguf", &bad_magic);
-    assert_clean_error(&smelt(&["--prompt", "hi", "gguf", "-f", &bad_magic], None), "not a GGUF file");
+    assert_clean_error(
+        &smelt(&["--prompt", "hi", "gguf", "-f", &bad_magic], None),
+        "not a GGUF file",
+    );
     // A key length of 2^62 must not turn into an allocation.
     let mut huge = full[..4096].to_vec();
     huge[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
     let huge = write_tmp("huge.gguf", &huge);
-    assert_clean_error(&smelt(&["--prompt", "hi", "gguf", "-f", &huge], None), "corrupt");
-    assert_clean_error(&smelt(&["--prompt", "hi", "gguf", "-f", "/nonexistent/x.gguf"], None), "not found");
+    assert_clean_error(
+        &smelt(&["--prompt", "hi", "gguf", "-f", &huge], None),
+        "corrupt",
+    );
+    assert_clean_error(
+        &smelt(
+            &["--prompt", "hi", "gguf", "-f", "/nonexistent/x.gguf"],
+            None,
+        ),
+        "not found",
+    );
 }
 
 fn copy_plain_to(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         std::fs::copy(plain_snapshot().join(f), dir.join(f)).unwrap();
     }
 }
@@ -118,14 +189,32 @@ fn truncated_safetensors_and_wrong_architecture_are_clear_errors() {
     let trunc = base.join("truncated");
     copy_plain_to(&trunc);
     let weights = std::fs::read(plain_snapshot().join("model.safetensors")).unwrap();
-    std::fs::write(trunc.join("model.safetensors"), &weights[..weights.len() / 3]).unwrap();
-    assert_clean_error(&smelt(&["--prompt", "hi", "plain", "-m", trunc.to_str().unwrap()], None), "safetensors");
+    std::fs::write(
+        trunc.join("model.safetensors"),
+        &weights[..weights.len() / 3],
+    )
+    .unwrap();
+    assert_clean_error(
+        &smelt(
+            &["--prompt", "hi", "plain", "-m", trunc.to_str().unwrap()],
+            None,
+        ),
+        "safetensors",
+    );
 
     let wrong = base.join("wrong-arch");
     copy_plain_to(&wrong);
-    let cfg = std::fs::read_to_string(wrong.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    let cfg = std::fs::read_to_string(wrong.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(wrong.join("config.json"), cfg).unwrap();
-    let line = assert_clean_error(&smelt(&["--prompt", "hi", "plain", "-m", wrong.to_str().unwrap()], None), "unsupported architecture");
+    let line = assert_clean_error(
+        &smelt(
+            &["--prompt", "hi", "plain", "-m", wrong.to_str().unwrap()],
+            None,
+        ),
+        "unsupported architecture",
+    );
     assert!(line.contains("qwen2") && line.contains("llama"), "{line}");
     std::fs::remove_dir_all(&base).ok();
 }
@@ -137,17 +226,41 @@ fn bad_flag_values_are_rejected() {
         (vec!["--isq", "Q7", "gguf", "-f", &g], "unknown ISQ type"),
         (vec!["--isq", "7", "gguf", "-f", &g], "no ISQ type"),
         (vec!["plain", "-m", "x", "--dtype", "f64"], "unknown dtype"),
-        (vec!["--temperature", "-1", "--prompt", "hi", "gguf", "-f", &g], "temperature"),
-        (vec!["--top-p", "0", "--prompt", "hi", "gguf", "-f", &g], "top_p"),
+        (
+            vec!["--temperature", "-1", "--prompt", "hi", "gguf", "-f", &g],
+            "temperature",
+        ),
+        (
+            vec!["--top-p", "0", "--prompt", "hi", "gguf", "-f", &g],
+            "top_p",
+        ),
         (vec!["--threads", "0", "gguf", "-f", &g], "threads"),
-        (vec!["perplexity", "--file", "/nonexistent", "gguf", "-f", &g], "cannot read"),
-        (vec!["perplexity", "--file", "/usr/share/common-licenses/GPL-3", "--ctx", "100000", "gguf", "-f", &g], "exceeds"),
+        (
+            vec!["perplexity", "--file", "/nonexistent", "gguf", "-f", &g],
+            "cannot read",
+        ),
+        (
+            vec![
+                "perplexity",
+                "--file",
+                "/usr/share/common-licenses/GPL-3",
+                "--ctx",
+                "100000",
+                "gguf",
+                "-f",
+                &g,
+            ],
+            "exceeds",
+        ),
     ] {
         let out = smelt(&args, None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "{args:?}: {stderr}");
+        assert!(
+            stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

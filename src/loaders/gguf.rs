@@ -138,6 +138,15 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta: f("rope.freq_base", 10_000.0),
         rope_scaling: None,
+        rope_freq_factors: match g.tensor_info("rope_freqs.weight") {
+            Some(info) => Some(
+                qtensor_from_ggml(info.dtype, g.tensor_bytes(info), info.shape(), &Device::Cpu)?
+                    .dequantize(&Device::Cpu)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            None => None,
+        },
         max_position_embeddings: g
             .get(&k("context_length"))
             .and_then(|v| v.as_u64())

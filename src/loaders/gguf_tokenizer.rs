@@ -133,7 +133,12 @@ pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Value> {
     let bos = token_id(g, "tokenizer.ggml.bos_token_id");
     let mut doc = match model {
         "gpt2" => {
-            let merges: Vec<Value> = strings(g, "tokenizer.ggml.merges")?
+            // A vocabulary of single bytes has no merges, and writers then omit the key.
+            let merges = match g.get("tokenizer.ggml.merges") {
+                Some(_) => strings(g, "tokenizer.ggml.merges")?,
+                None => Vec::new(),
+            };
+            let merges: Vec<Value> = merges
                 .iter()
                 .map(|m| {
                     let (a, b) = m.split_once(' ').unwrap_or((m, ""));

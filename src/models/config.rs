@@ -46,6 +46,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Per-frequency divisors (GGUF's `rope_freqs.weight`, llama.cpp's form of llama3
+    /// scaling), applied after `rope_scaling`.
+    pub rope_freq_factors: Option<Vec<f32>>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (Qwen2).
@@ -109,6 +112,7 @@ impl ModelConfig {
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
             rope_theta: c.rope_theta.unwrap_or(10_000.0),
             rope_scaling,
+            rope_freq_factors: None,
             max_position_embeddings: c.max_position_embeddings.unwrap_or(4096),
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             qkv_bias: match architecture {
@@ -136,6 +140,14 @@ impl ModelConfig {
                 "config: head_dim {} must be even and non-zero",
                 self.head_dim
             );
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                bail!(
+                    "rope frequency factors must be {} positive numbers",
+                    self.head_dim / 2
+                );
+            }
         }
         if self.num_hidden_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             bail!("config: hidden_size, num_hidden_layers and vocab_size must be non-zero");

@@ -36,7 +36,8 @@ impl RotaryEmbedding {
                     Some(s) => llama3_scale(f, s),
                     None => f,
                 };
-                f as f32
+                let divisor = cfg.rope_freq_factors.as_ref().map_or(1.0, |d| d[i] as f64);
+                (f / divisor) as f32
             })
             .collect();
         let max = cfg.max_position_embeddings;
