@@ -141,6 +141,9 @@ struct BenchArgs {
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
     reps: usize,
+    /// Print one JSON object per test instead of the table.
+    #[arg(long)]
+    json: bool,
     #[command(subcommand)]
     loader: LoaderCommand,
 }
@@ -251,6 +254,19 @@ fn run(cli: Cli) -> Result<()> {
                 .threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let size_mb = engine.model.weights_size_in_bytes() as f64 / (1024.0 * 1024.0);
+            let rss_mb = smelt::bench::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+            if b.json {
+                for r in &rows {
+                    let line = serde_json::json!({
+                        "model": engine.model_name, "size_mib": size_mb, "threads": threads,
+                        "test": r.test, "avg_ts": r.mean_tps, "stddev_ts": r.sd_tps, "samples_ts": r.runs,
+                        "isq": cli.isq.map(|t| t.to_string()), "load_s": load_s, "isq_s": isq_s,
+                        "peak_rss_mib": rss_mb,
+                    });
+                    println!("{line}");
+                }
+                return Ok(());
+            }
             println!("| model | size | threads | test | t/s |");
             println!("| --- | ---: | ---: | ---: | ---: |");
             for r in &rows {
@@ -264,8 +280,8 @@ fn run(cli: Cli) -> Result<()> {
                 Some(t) => println!("ISQ time ({t}): {isq_s:.2} s"),
                 None => println!("ISQ time: none"),
             }
-            if let Some(rss) = smelt::bench::peak_rss_bytes() {
-                println!("peak RSS: {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+            if let Some(rss) = rss_mb {
+                println!("peak RSS: {rss:.1} MiB");
             }
             Ok(())
         }

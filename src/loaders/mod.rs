@@ -67,6 +67,7 @@ pub struct LoadedModel {
 
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     let start = Instant::now();
+    crate::quant::isq::take_isq_seconds();
     let mut loaded = match spec {
         ModelSpec::Plain { model_id, revision } => plain::load(model_id, revision, opts),
         ModelSpec::Gguf {
@@ -76,6 +77,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
         } => gguf::load(model_id.as_deref(), file, tokenizer_json.as_deref(), opts),
     }?;
     loaded.load_seconds = start.elapsed().as_secs_f64();
+    loaded.isq_seconds = crate::quant::isq::take_isq_seconds();
     let summary: Vec<String> = loaded
         .model
         .linear_storage_summary()

@@ -5,7 +5,17 @@ use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Wall time spent quantizing since the last [`take_isq_seconds`], for load reports.
+static ISQ_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Returns and resets the time spent in ISQ.
+pub fn take_isq_seconds() -> f64 {
+    ISQ_NANOS.swap(0, Ordering::Relaxed) as f64 / 1e9
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IsqType {
@@ -159,15 +169,18 @@ pub fn quantize_linear(
     bias: Option<Tensor>,
     ty: IsqType,
 ) -> Result<Arc<dyn QuantLinear>> {
+    let start = Instant::now();
     let (_, cols) = weight.dims2()?;
     let weight = weight.to_dtype(DType::F32)?;
-    match ty.for_row_len(cols) {
+    let out: Arc<dyn QuantLinear> = match ty.for_row_len(cols) {
         Some(IsqType::Ggml(dt)) => {
             let q = QTensor::quantize(&weight, dt)?;
-            Ok(Arc::new(GgmlLinear::new(Arc::new(q), bias)?))
+            Arc::new(GgmlLinear::new(Arc::new(q), bias)?)
         }
-        None => Ok(Arc::new(super::UnquantLinear::new(weight, bias)?)),
-    }
+        None => Arc::new(super::UnquantLinear::new(weight, bias)?),
+    };
+    ISQ_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    Ok(out)
 }
 
 #[cfg(test)]
