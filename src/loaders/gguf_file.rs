@@ -260,7 +260,7 @@ impl GgufFile {
                 .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
                 .with_context(|| format!("tensor {name}: element count overflows"))?;
             let bs = dtype.block_size() as u64;
-            if dims[0] as u64 % bs != 0 {
+            if !(dims[0] as u64).is_multiple_of(bs) {
                 bail!("tensor {name}: row length {} is not a multiple of the {dtype:?} block size {bs}", dims[0]);
             }
             let nbytes = elems / bs * dtype.type_size() as u64;

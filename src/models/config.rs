@@ -127,7 +127,9 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             bail!(
                 "config: {} attention heads cannot be shared by {} key/value heads",
@@ -135,7 +137,7 @@ impl ModelConfig {
                 self.num_key_value_heads
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!(
                 "config: head_dim {} must be even and non-zero",
                 self.head_dim

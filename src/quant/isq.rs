@@ -98,7 +98,7 @@ impl IsqType {
     pub fn for_row_len(&self, row_len: usize) -> Option<Self> {
         let mut t = *self;
         loop {
-            if row_len % t.block_size() == 0 {
+            if row_len.is_multiple_of(t.block_size()) {
                 if t != *self {
                     warn_fallback_once(*self, Some(t));
                 }
@@ -144,8 +144,11 @@ impl std::fmt::Display for IsqType {
     }
 }
 
+/// (requested type, type used instead or None for dense) pairs already warned about.
+type FallbackSeen = Mutex<Option<HashSet<(IsqType, Option<IsqType>)>>>;
+
 fn warn_fallback_once(requested: IsqType, used: Option<IsqType>) {
-    static SEEN: Mutex<Option<HashSet<(IsqType, Option<IsqType>)>>> = Mutex::new(None);
+    static SEEN: FallbackSeen = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen
         .get_or_insert_with(HashSet::new)
