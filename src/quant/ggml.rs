@@ -1,6 +1,6 @@
 //! Linear layer over a ggml block-quantized weight (candle-core's quantized module).
 
-use super::{add_bias, QuantLinear};
+use super::{add_bias, kernels, QuantLinear};
 use anyhow::{Context, Result};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
@@ -38,13 +38,33 @@ impl GgmlLinear {
     pub fn ggml_dtype(&self) -> GgmlDType {
         self.qtensor.dtype()
     }
+
+    /// Few-row products (decode) on the CPU through our SIMD kernels, where they cover
+    /// the block type; None leaves the work to candle.
+    fn forward_own_kernel(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        let Some(kind) = kernels::BlockKind::from_ggml(self.qtensor.dtype()) else {
+            return Ok(None);
+        };
+        if rows >= DEQUANT_GEMM_MIN_ROWS || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let (out_features, in_features) = self.shape();
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let weight = self.qtensor.data()?;
+        let y = kernels::matmul(kind, &weight, out_features, in_features, &xs, rows);
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = out_features;
+        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+    }
 }
 
 impl QuantLinear for GgmlLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-        let y = if rows >= DEQUANT_GEMM_MIN_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
+        let y = if let Some(y) = self.forward_own_kernel(&x, rows)? {
+            y
+        } else if rows >= DEQUANT_GEMM_MIN_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
             // Prompt batches: one dequantization amortised over many rows lets the
             // blocked f32 GEMM run, far faster than a row-by-row quantized dot product.
             let w = self.qtensor.dequantize(&self.qtensor.device())?;

@@ -3,6 +3,7 @@
 
 pub mod ggml;
 pub mod isq;
+pub mod kernels;
 pub mod unquantized;
 
 use anyhow::Result;

@@ -1,0 +1,30 @@
+//! Activations quantized to 8 bits per 32-element block, as ggml's q8 vec-dot types.
+
+use super::BLOCK;
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct Q8Act {
+    pub qs: [i8; BLOCK],
+    /// Scale: x ≈ d · q.
+    pub d: f32,
+    /// Σ q over the block, for the offset terms of Q4_x/Q5_x weights.
+    pub sum: i32,
+}
+
+pub fn quantize_activations(x: &[f32]) -> Vec<Q8Act> {
+    x.chunks_exact(BLOCK)
+        .map(|b| {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut qs = [0i8; BLOCK];
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(b) {
+                *q = (v * id).round() as i8;
+                sum += *q as i32;
+            }
+            Q8Act { qs, d, sum }
+        })
+        .collect()
+}

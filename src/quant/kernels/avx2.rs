@@ -1,0 +1,85 @@
+//! AVX2 + FMA + F16C kernels. Same arithmetic as `scalar.rs`: unsigned codes times
+//! signed activations with `maddubs`, pairs summed with `madd`, one FMA per block.
+
+use super::{BlockKind, Q8Act};
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// 16 bytes of packed nibbles → 32 codes: low nibbles are elements 0..15, high 16..31.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(p as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(raw, m4);
+    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// 32 bits → 32 bytes, 0x10 where the bit (the fifth bit of element j) is set.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits(p: *const u8) -> __m256i {
+    let qh = std::ptr::read_unaligned(p as *const u32);
+    let v = _mm256_set1_epi32(qh as i32);
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+    );
+    let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `row` holds `act.len()` blocks of `kind`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    let bb = kind.block_bytes();
+    debug_assert!(row.len() >= act.len() * bb);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_total = 0f32;
+    let base = row.as_ptr();
+    for (i, a) in act.iter().enumerate() {
+        let b = base.add(i * bb);
+        let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+        let d = f16_at(b);
+        let (codes_dot, offset) = match kind {
+            BlockKind::Q4_0 => (_mm256_maddubs_epi16(nibbles(b.add(2)), av), -8.0 * d),
+            BlockKind::Q4_1 => (_mm256_maddubs_epi16(nibbles(b.add(4)), av), f16_at(b.add(2))),
+            BlockKind::Q5_0 => {
+                let q = _mm256_or_si256(nibbles(b.add(6)), fifth_bits(b.add(2)));
+                (_mm256_maddubs_epi16(q, av), -16.0 * d)
+            }
+            BlockKind::Q5_1 => {
+                let q = _mm256_or_si256(nibbles(b.add(8)), fifth_bits(b.add(4)));
+                (_mm256_maddubs_epi16(q, av), f16_at(b.add(2)))
+            }
+            BlockKind::Q8_0 => {
+                // Signed × signed: move the weight's sign onto the activation.
+                let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                (_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w)), 0.0)
+            }
+        };
+        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, ones));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
+        offset_total += offset * a.d * a.sum as f32;
+    }
+    hsum(acc) + offset_total
+}
