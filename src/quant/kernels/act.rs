@@ -10,6 +10,8 @@ pub struct Q8Act {
     pub d: f32,
     /// Σ q over the block, for the offset terms of Q4_x/Q5_x weights.
     pub sum: i32,
+    /// d · Σ q (ggml's q8_1 `s`), so an offset term is one multiply.
+    pub dsum: f32,
 }
 
 pub fn quantize_activations(x: &[f32]) -> Vec<Q8Act> {
@@ -24,7 +26,12 @@ pub fn quantize_activations(x: &[f32]) -> Vec<Q8Act> {
                 *q = (v * id).round() as i8;
                 sum += *q as i32;
             }
-            Q8Act { qs, d, sum }
+            Q8Act {
+                qs,
+                d,
+                sum,
+                dsum: d * sum as f32,
+            }
         })
         .collect()
 }

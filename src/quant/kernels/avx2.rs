@@ -30,7 +30,12 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     let v = _mm256_set1_epi32(qh as i32);
     let spread = _mm256_shuffle_epi8(
         v,
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
     );
     let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
@@ -46,40 +51,65 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// Codes·activations pair sums of one block (8 × i32 as f32), with the block's weight
+/// scale and offset.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) {
+    let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+    let d = f16_at(b);
+    let (codes_dot, offset) = match kind {
+        BlockKind::Q4_0 => (_mm256_maddubs_epi16(nibbles(b.add(2)), av), -8.0 * d),
+        BlockKind::Q4_1 => (
+            _mm256_maddubs_epi16(nibbles(b.add(4)), av),
+            f16_at(b.add(2)),
+        ),
+        BlockKind::Q5_0 => {
+            let q = _mm256_or_si256(nibbles(b.add(6)), fifth_bits(b.add(2)));
+            (_mm256_maddubs_epi16(q, av), -16.0 * d)
+        }
+        BlockKind::Q5_1 => {
+            let q = _mm256_or_si256(nibbles(b.add(8)), fifth_bits(b.add(4)));
+            (_mm256_maddubs_epi16(q, av), f16_at(b.add(2)))
+        }
+        BlockKind::Q8_0 => {
+            // Signed × signed: move the weight's sign onto the activation.
+            let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            (
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w)),
+                0.0,
+            )
+        }
+    };
+    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, _mm256_set1_epi16(1)));
+    (sums, d, offset)
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds `act.len()` blocks of `kind`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     let bb = kind.block_bytes();
     debug_assert!(row.len() >= act.len() * bb);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset_total = 0f32;
     let base = row.as_ptr();
-    for (i, a) in act.iter().enumerate() {
-        let b = base.add(i * bb);
-        let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
-        let d = f16_at(b);
-        let (codes_dot, offset) = match kind {
-            BlockKind::Q4_0 => (_mm256_maddubs_epi16(nibbles(b.add(2)), av), -8.0 * d),
-            BlockKind::Q4_1 => (_mm256_maddubs_epi16(nibbles(b.add(4)), av), f16_at(b.add(2))),
-            BlockKind::Q5_0 => {
-                let q = _mm256_or_si256(nibbles(b.add(6)), fifth_bits(b.add(2)));
-                (_mm256_maddubs_epi16(q, av), -16.0 * d)
-            }
-            BlockKind::Q5_1 => {
-                let q = _mm256_or_si256(nibbles(b.add(8)), fifth_bits(b.add(4)));
-                (_mm256_maddubs_epi16(q, av), f16_at(b.add(2)))
-            }
-            BlockKind::Q8_0 => {
-                // Signed × signed: move the weight's sign onto the activation.
-                let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-                (_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w)), 0.0)
-            }
-        };
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
-        offset_total += offset * a.d * a.sum as f32;
+    // Two independent accumulator chains hide the FMA latency.
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut off0, mut off1) = (0f32, 0f32);
+    let pairs = act.len() / 2;
+    for p in 0..pairs {
+        let (a0, a1) = (&act[2 * p], &act[2 * p + 1]);
+        let (s0, d0, o0) = block(kind, base.add(2 * p * bb), a0);
+        let (s1, d1, o1) = block(kind, base.add((2 * p + 1) * bb), a1);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a0.d), s0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1 * a1.d), s1, acc1);
+        off0 += o0 * a0.dsum;
+        off1 += o1 * a1.dsum;
     }
-    hsum(acc) + offset_total
+    if act.len() % 2 == 1 {
+        let a = &act[act.len() - 1];
+        let (s, d, o) = block(kind, base.add((act.len() - 1) * bb), a);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), s, acc0);
+        off0 += o * a.dsum;
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + off0 + off1
 }

@@ -10,13 +10,26 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod pool;
 mod scalar;
 
 pub use act::{quantize_activations, Q8Act};
 
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 use std::sync::OnceLock;
+
+/// The output buffer shared by the pool's threads, each writing its own rows.
+struct SharedOut(*mut f32);
+// SAFETY: threads write disjoint elements and the buffer outlives the parallel run.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` must be in bounds and written by one thread only.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
 
 pub const BLOCK: usize = 32;
 
@@ -90,33 +103,45 @@ pub fn dot_row(isa: Isa, kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
 
 /// `out[t, n] = Σ_k x[t, k] · W[n, k]` for `m` activation rows `x` (m × cols, f32) and a
 /// weight of `rows` × `cols` stored as ggml blocks, split across the rayon pool by rows.
-pub fn matmul(kind: BlockKind, weight: &[u8], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+pub fn matmul(
+    kind: BlockKind,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
     matmul_with(isa(), kind, weight, rows, cols, x, m)
 }
 
-pub fn matmul_with(isa: Isa, kind: BlockKind, weight: &[u8], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+pub fn matmul_with(
+    isa: Isa,
+    kind: BlockKind,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
     assert_eq!(cols % BLOCK, 0, "row length must be a multiple of {BLOCK}");
     assert_eq!(x.len(), m * cols);
     let row_bytes = cols / BLOCK * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
     let acts: Vec<Vec<Q8Act>> = x.chunks(cols).map(quantize_activations).collect();
-    // Rows per task: enough work to amortise scheduling, enough tasks to balance.
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (rows / (threads * 8)).clamp(8, 512);
-    // Computed n-major (rows × m) so tasks own disjoint output slices.
+    // Computed n-major (rows × m): each thread owns one contiguous range of weight rows.
     let mut by_row = vec![0f32; rows * m];
-    by_row
-        .par_chunks_mut(chunk * m)
-        .enumerate()
-        .for_each(|(c, out)| {
-            for (i, o) in out.chunks_mut(m).enumerate() {
-                let n = c * chunk + i;
-                let w = &weight[n * row_bytes..(n + 1) * row_bytes];
-                for (t, a) in acts.iter().enumerate() {
-                    o[t] = dot_row(isa, kind, w, a);
-                }
+    let out = SharedOut(by_row.as_mut_ptr());
+    pool::global().run(&|index, threads| {
+        let per = rows.div_ceil(threads);
+        let (start, end) = (index * per, ((index + 1) * per).min(rows));
+        for n in start..end {
+            let w = &weight[n * row_bytes..(n + 1) * row_bytes];
+            for (t, a) in acts.iter().enumerate() {
+                // SAFETY: rows start..end belong to this thread alone.
+                unsafe { *out.at(n * m + t) = dot_row(isa, kind, w, a) };
             }
-        });
+        }
+    });
     if m == 1 {
         return by_row;
     }
@@ -139,7 +164,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
             })
             .collect()
@@ -161,8 +188,18 @@ mod tests {
         let w = random(rows * cols, 1);
         let x = random(m * cols, 2);
         for (kind, dt) in KINDS {
-            let q = QTensor::quantize(&Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap(), dt).unwrap();
-            let deq: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let q = QTensor::quantize(
+                &Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap(),
+                dt,
+            )
+            .unwrap();
+            let deq: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let bytes = q.data().unwrap();
             let mut isas = vec![Isa::Scalar];
             if isa() != Isa::Scalar {
@@ -172,11 +209,18 @@ mod tests {
                 let got = matmul_with(isa, kind, &bytes, rows, cols, &x, m);
                 for t in 0..m {
                     for n in 0..rows {
-                        let exact: f32 = (0..cols).map(|k| x[t * cols + k] * deq[n * cols + k]).sum();
-                        let scale: f32 = (0..cols).map(|k| (x[t * cols + k] * deq[n * cols + k]).abs()).sum();
+                        let exact: f32 =
+                            (0..cols).map(|k| x[t * cols + k] * deq[n * cols + k]).sum();
+                        let scale: f32 = (0..cols)
+                            .map(|k| (x[t * cols + k] * deq[n * cols + k]).abs())
+                            .sum();
                         let err = (got[t * rows + n] - exact).abs();
                         // 8-bit activations: error well under 1 % of Σ|x·w|.
-                        assert!(err <= 0.01 * scale, "{kind:?} {isa:?} t={t} n={n}: {} vs {exact}", got[t * rows + n]);
+                        assert!(
+                            err <= 0.01 * scale,
+                            "{kind:?} {isa:?} t={t} n={n}: {} vs {exact}",
+                            got[t * rows + n]
+                        );
                     }
                 }
             }
@@ -195,12 +239,19 @@ mod tests {
         let w = random(rows * cols, 3);
         let x = random(cols, 4);
         for (kind, dt) in KINDS {
-            let q = QTensor::quantize(&Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap(), dt).unwrap();
+            let q = QTensor::quantize(
+                &Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap(),
+                dt,
+            )
+            .unwrap();
             let bytes = q.data().unwrap();
             let a = matmul_with(Isa::Scalar, kind, &bytes, rows, cols, &x, 1);
             let b = matmul_with(isa(), kind, &bytes, rows, cols, &x, 1);
             for (p, q) in a.iter().zip(&b) {
-                assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{kind:?}: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{kind:?}: {p} vs {q}"
+                );
             }
         }
     }

@@ -61,7 +61,7 @@ pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     for (b, a) in row.chunks_exact(bb).zip(act) {
         let (d, offset) = decode_block(kind, b, &mut q);
         let isum: i32 = q.iter().zip(&a.qs).map(|(&w, &x)| w * x as i32).sum();
-        total += d * a.d * isum as f32 + offset * a.d * a.sum as f32;
+        total += d * a.d * isum as f32 + offset * a.dsum;
     }
     total
 }
