@@ -148,6 +148,7 @@ impl Engine {
         let shared = common_prefix(&session.tokens, &req.prompt_tokens).min(n_prompt - 1);
         session.cache.truncate(shared);
         session.tokens.truncate(shared);
+        tracing::debug!("prompt: {n_prompt} tokens, {shared} reused from the session's cache");
         let mut logits = self
             .model
             .forward(&req.prompt_tokens[shared..], &mut session.cache, usize::MAX)
