@@ -117,3 +117,49 @@ fn plain_loads_in_half_precision() {
         assert!(err < 0.25, "{dtype:?}: max |Δ| = {err}");
     }
 }
+
+#[test]
+fn sharded_checkpoint_loads_through_its_index() {
+    let src = fixtures().join("qwen2");
+    let dir = std::env::temp_dir().join(format!("smelt-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let all =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, candle_core::Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), all[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert((*n).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let spec = ModelSpec::Plain {
+        model_id: dir.to_string_lossy().into_owned(),
+        revision: "main".into(),
+    };
+    check(&load(spec), "qwen2", "sharded");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn gguf_found_inside_a_model_directory() {
+    let spec = ModelSpec::Gguf {
+        model_id: Some(fixtures().join("llama_tied").to_string_lossy().into_owned()),
+        file: "model.gguf".into(),
+        tokenizer_json: None,
+    };
+    // The directory also holds a tokenizer.json, which then wins over the metadata.
+    check(&load(spec), "llama_tied", "gguf -m dir");
+}
