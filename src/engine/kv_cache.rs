@@ -1,16 +1,14 @@
-//! Per-sequence key/value cache. Storage grows geometrically (no full-context
-//! preallocation, so short chats stay small) and appends in place.
+//! Per-sequence key/value cache in plain f32 storage, token-major
+//! (`[position][kv_head][head_dim]` per layer), so appending a token is one contiguous
+//! copy and growth never re-lays-out what is there. Storage grows with the sequence (no
+//! full-context preallocation, so short chats stay small).
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
-
-const GROWTH_QUANTUM: usize = 256;
 
 #[derive(Debug, Clone, Default)]
-struct LayerKv {
-    /// (1, kv_heads, capacity, head_dim) each.
-    k: Option<Tensor>,
-    v: Option<Tensor>,
+pub struct LayerKv {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,21 +41,29 @@ impl KvCache {
     }
 
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.truncate(0);
     }
 
-    /// Forget everything after the first `len` tokens (e.g. to reuse a shared prefix).
+    /// Forget everything after the first `len` tokens (to reuse a shared prefix).
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        let len = self.len.min(len);
+        for l in &mut self.layers {
+            let row = if self.len == 0 {
+                0
+            } else {
+                l.k.len() / self.len
+            };
+            l.k.truncate(len * row);
+            l.v.truncate(len * row);
+        }
+        self.len = len;
     }
 
     /// Bytes held by the cache storage.
     pub fn size_in_bytes(&self) -> usize {
         self.layers
             .iter()
-            .flat_map(|l| [&l.k, &l.v])
-            .flatten()
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
             .sum()
     }
 
@@ -73,45 +79,14 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends `k`, `v` (1, kv_heads, seq, head_dim) for `layer` at position `self.len()`,
-    /// returning views over everything cached so far for that layer. The last layer's
-    /// call must be followed by [`KvCache::advance`].
-    pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let seq = k.dim(2)?;
-        let start = self.len;
-        let needed = start + seq;
-        if needed > self.max_len {
-            bail!(
-                "context length exceeded: {needed} tokens > the model's context of {}",
-                self.max_len
-            );
-        }
-        let max_len = self.max_len;
+    /// Appends keys and values of new tokens (token-major, `kv_heads × head_dim` each) to
+    /// `layer` and returns the layer's whole cache. Every layer appends the same number
+    /// of tokens; [`KvCache::advance`] then moves the length on.
+    pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> &LayerKv {
         let entry = &mut self.layers[layer];
-        for (slot, new) in [(&mut entry.k, k), (&mut entry.v, v)] {
-            let cap = slot.as_ref().map_or(0, |t| t.dim(2).unwrap_or(0));
-            if cap < needed {
-                let new_cap = needed
-                    .max(cap * 2)
-                    .div_ceil(GROWTH_QUANTUM)
-                    .saturating_mul(GROWTH_QUANTUM)
-                    .min(max_len)
-                    .max(needed);
-                let (b, h, _, d) = new.dims4()?;
-                let grown = Tensor::zeros((b, h, new_cap, d), new.dtype(), new.device())?;
-                if let Some(old) = slot.as_ref() {
-                    if start > 0 {
-                        grown.slice_set(&old.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
-                    }
-                }
-                *slot = Some(grown);
-            }
-            let store = slot.as_ref().expect("allocated above");
-            store.slice_set(&new.contiguous()?, 2, start)?;
-        }
-        let k_all = entry.k.as_ref().expect("set").narrow(2, 0, needed)?;
-        let v_all = entry.v.as_ref().expect("set").narrow(2, 0, needed)?;
-        Ok((k_all, v_all))
+        entry.k.extend_from_slice(k);
+        entry.v.extend_from_slice(v);
+        entry
     }
 
     /// Marks `n` tokens as cached after every layer appended them.

@@ -3,7 +3,7 @@
 
 use super::config::ModelConfig;
 use super::rope::RotaryEmbedding;
-use super::{CausalLm, Embedding, WeightSource};
+use super::{ops, CausalLm, Embedding, WeightSource};
 use crate::engine::kv_cache::KvCache;
 use crate::quant::{IsqType, QuantLinear};
 use anyhow::{Context, Result};
@@ -25,9 +25,9 @@ struct Mlp {
 }
 
 struct Block {
-    input_norm: Tensor,
+    input_norm: Vec<f32>,
     attn: Attention,
-    post_attn_norm: Tensor,
+    post_attn_norm: Vec<f32>,
     mlp: Mlp,
 }
 
@@ -35,7 +35,7 @@ pub struct Llama {
     cfg: ModelConfig,
     embed: Embedding,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Vec<f32>,
     lm_head: Arc<dyn QuantLinear>,
     rope: RotaryEmbedding,
     device: Device,
@@ -56,14 +56,18 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let lin = |n: &str, bias: bool| src.linear(&format!("{p}.{n}"), bias);
             let block = Block {
-                input_norm: src.dense(&format!("{p}.input_layernorm"))?,
+                input_norm: norm_weight(src, &format!("{p}.input_layernorm"), cfg.hidden_size)?,
                 attn: Attention {
                     q: lin("self_attn.q_proj", cfg.qkv_bias)?,
                     k: lin("self_attn.k_proj", cfg.qkv_bias)?,
                     v: lin("self_attn.v_proj", cfg.qkv_bias)?,
                     o: lin("self_attn.o_proj", false)?,
                 },
-                post_attn_norm: src.dense(&format!("{p}.post_attention_layernorm"))?,
+                post_attn_norm: norm_weight(
+                    src,
+                    &format!("{p}.post_attention_layernorm"),
+                    cfg.hidden_size,
+                )?,
                 mlp: Mlp {
                     gate: lin("mlp.gate_proj", false)?,
                     up: lin("mlp.up_proj", false)?,
@@ -76,7 +80,7 @@ impl Llama {
             blocks.push(block);
             progress(i + 1, cfg.num_hidden_layers);
         }
-        let norm = src.dense("model.norm")?;
+        let norm = norm_weight(src, "model.norm", cfg.hidden_size)?;
         let tied = cfg.tie_word_embeddings || !src.has("lm_head");
         let lm_head = src.lm_head("lm_head", tied.then_some("model.embed_tokens"))?;
         anyhow::ensure!(
@@ -149,95 +153,77 @@ impl Block {
         Ok(())
     }
 
+    /// One layer over the residual stream `x` (token-major, t × hidden), in place.
     fn forward(
         &self,
-        x: &Tensor,
+        x: &mut [f32],
+        t: usize,
         cfg: &ModelConfig,
         rope: &RotaryEmbedding,
         cache: &mut KvCache,
         layer: usize,
-    ) -> Result<Tensor> {
+    ) -> Result<()> {
         let eps = cfg.rms_norm_eps as f32;
-        let h = candle_nn::ops::rms_norm(x, &self.input_norm, eps)?;
-        let h = self.attn.forward(&h, cfg, rope, cache, layer)?;
-        let x = (x + h)?;
-        let h = candle_nn::ops::rms_norm(&x, &self.post_attn_norm, eps)?;
-        let h = self.mlp.forward(&h)?;
-        Ok((x + h)?)
+        let h = ops::rms_norm(x, &self.input_norm, eps);
+        let h = self.attn.forward(h, t, cfg, rope, cache, layer)?;
+        ops::add_in_place(x, &h);
+        let h = ops::rms_norm(x, &self.post_attn_norm, eps);
+        let h = self.mlp.forward(h, t)?;
+        ops::add_in_place(x, &h);
+        Ok(())
     }
 }
 
+/// A linear applied to `t` token-major f32 rows.
+fn apply(lin: &dyn QuantLinear, x: Vec<f32>, t: usize) -> Result<Vec<f32>> {
+    let cols = x.len() / t;
+    let y = lin.forward(&Tensor::from_vec(x, (t, cols), &Device::Cpu)?)?;
+    Ok(y.flatten_all()?.to_vec1()?)
+}
+
+fn norm_weight(src: &dyn WeightSource, name: &str, hidden: usize) -> Result<Vec<f32>> {
+    let w: Vec<f32> = src.dense(name)?.flatten_all()?.to_vec1()?;
+    anyhow::ensure!(
+        w.len() == hidden,
+        "{name} has {} elements, expected {hidden}",
+        w.len()
+    );
+    Ok(w)
+}
+
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        let up = self.up.forward(x)?;
-        self.down.forward(&(gate * up)?)
+    fn forward(&self, x: Vec<f32>, t: usize) -> Result<Vec<f32>> {
+        let up = apply(self.up.as_ref(), x.clone(), t)?;
+        let gate = apply(self.gate.as_ref(), x, t)?;
+        apply(self.down.as_ref(), ops::swiglu(&gate, &up), t)
     }
 }
 
 impl Attention {
     fn forward(
         &self,
-        x: &Tensor,
+        x: Vec<f32>,
+        t: usize,
         cfg: &ModelConfig,
         rope: &RotaryEmbedding,
         cache: &mut KvCache,
         layer: usize,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+    ) -> Result<Vec<f32>> {
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
         let offset = cache.len();
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let q = rope.apply(&heads(self.q.forward(x)?, nh)?, offset)?;
-        let k = rope.apply(&heads(self.k.forward(x)?, nkv)?, offset)?;
-        let v = heads(self.v.forward(x)?, nkv)?;
-        let (k, v) = cache.append(layer, &k, &v)?;
-        let kv_len = k.dim(2)?;
-        let rep = nh / nkv;
-        // Grouped-query attention without copying K/V: the `rep` query heads sharing a
-        // KV head are stacked along the sequence axis.
-        let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = if t > 1 {
-            let mask = causal_mask(t, offset, kv_len, x.device())?;
-            scores
-                .reshape((b, nkv, rep, t, kv_len))?
-                .broadcast_add(&mask)?
-                .reshape((b, nkv, rep * t, kv_len))?
-        } else {
-            scores
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?;
-        let out = out
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
-        self.o.forward(&out)
+        let mut q = apply(self.q.as_ref(), x.clone(), t)?;
+        let mut k = apply(self.k.as_ref(), x.clone(), t)?;
+        let v = apply(self.v.as_ref(), x, t)?;
+        ops::rope_in_place(&mut q, nh, hd, offset, rope);
+        ops::rope_in_place(&mut k, nkv, hd, offset, rope);
+        let kv = cache.append(layer, &k, &v);
+        let out = ops::attention(&q, &kv.k, &kv.v, t, offset, nh, nkv, hd);
+        apply(self.o.as_ref(), out, t)
     }
-}
-
-/// (t, kv_len) additive mask: query i (absolute position offset+i) sees keys ≤ offset+i.
-fn causal_mask(t: usize, offset: usize, kv_len: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..kv_len).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (t, kv_len), device)?)
 }
 
 impl CausalLm for Llama {
@@ -258,15 +244,18 @@ impl CausalLm for Llama {
             );
         }
         let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.forward(&ids)?.unsqueeze(0)?;
+        let t = tokens.len();
+        let mut x: Vec<f32> = self.embed.forward(&ids)?.flatten_all()?.to_vec1()?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, &self.cfg, &self.rope, cache, i)?;
+            block.forward(&mut x, t, &self.cfg, &self.rope, cache, i)?;
         }
-        cache.advance(tokens.len());
-        let from = logits_from.min(tokens.len() - 1);
-        let x = x.narrow(1, from, tokens.len() - from)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps as f32)?;
-        let logits = self.lm_head.forward(&x)?.squeeze(0)?;
+        cache.advance(t);
+        let from = logits_from.min(t - 1);
+        let h = self.cfg.hidden_size;
+        let x = ops::rms_norm(&x[from * h..], &self.norm, self.cfg.rms_norm_eps as f32);
+        let logits = self
+            .lm_head
+            .forward(&Tensor::from_vec(x, (t - from, h), &self.device)?)?;
         Ok(logits.to_dtype(DType::F32)?)
     }
 
@@ -279,7 +268,7 @@ impl CausalLm for Llama {
         let norms: usize = self
             .blocks
             .iter()
-            .map(|b| dense(&b.input_norm) + dense(&b.post_attn_norm))
+            .map(|b| 4 * (b.input_norm.len() + b.post_attn_norm.len()))
             .sum();
         let head = if self.tied_head {
             0
@@ -288,7 +277,7 @@ impl CausalLm for Llama {
         };
         embed
             + norms
-            + dense(&self.norm)
+            + 4 * self.norm.len()
             + head
             + self.linears().map(|l| l.size_in_bytes()).sum::<usize>()
     }

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod ops;
 pub mod qwen2;
 pub mod rope;
 

@@ -8,6 +8,10 @@ use candle_core::{DType, Device, Tensor};
 pub struct RotaryEmbedding {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables as flat rows of head_dim/2, for the CPU kernels.
+    cos_rows: Vec<f32>,
+    sin_rows: Vec<f32>,
+    half: usize,
 }
 
 fn llama3_scale(inv_freq: f64, s: &Llama3RopeScaling) -> f64 {
@@ -46,10 +50,20 @@ impl RotaryEmbedding {
             .to_dtype(DType::F32)?
             .reshape((max, 1))?;
         let freqs = pos.broadcast_mul(&inv_freq)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
         Ok(Self {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos_rows: cos.flatten_all()?.to_vec1()?,
+            sin_rows: sin.flatten_all()?.to_vec1()?,
+            cos,
+            sin,
+            half,
         })
+    }
+
+    /// cos and sin of every frequency at position `pos`.
+    pub fn row(&self, pos: usize) -> (&[f32], &[f32]) {
+        let r = pos * self.half..(pos + 1) * self.half;
+        (&self.cos_rows[r.clone()], &self.sin_rows[r])
     }
 
     /// `x`: (batch, heads, seq, head_dim), positions `offset..offset+seq`.

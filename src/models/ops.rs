@@ -1,0 +1,286 @@
+//! The non-linear parts of a decoder layer as plain loops over contiguous f32 data:
+//! RMSNorm, rotary embeddings, attention over the KV cache, SwiGLU. candle's versions are
+//! generic tensor ops that each allocate, dispatch and (for several) hop to rayon's pool;
+//! at decode sizes that overhead was half of every token.
+
+use super::rope::RotaryEmbedding;
+use rayon::prelude::*;
+
+/// `x / rms(x) · w` over rows of `w.len()` elements.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut out = vec![0f32; x.len()];
+    for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let ms = r.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(r).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+    out
+}
+
+/// Rotary embedding in place on token-major rows of `heads × head_dim`, positions from
+/// `offset` (rotate-half pairing: element i with i + head_dim/2).
+pub fn rope_in_place(
+    x: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    offset: usize,
+    rope: &RotaryEmbedding,
+) {
+    let half = head_dim / 2;
+    for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        let (cos, sin) = rope.row(offset + t);
+        for h in row.chunks_exact_mut(head_dim) {
+            let (a, b) = h.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+/// Causal attention of `t` new queries (token-major `heads × head_dim`, already roped)
+/// against the cache holding `offset + t` tokens (token-major `kv_heads × head_dim`).
+/// Query i sees keys 0..=offset+i. Output is token-major `heads × head_dim`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    offset: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let rep = heads / kv_heads;
+    let kv_row = kv_heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let one = |i: usize, h: usize, out: &mut [f32], scores: &mut Vec<f32>| {
+        let g = h / rep;
+        let qh = &q[(i * heads + h) * head_dim..][..head_dim];
+        let n = offset + i + 1;
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n {
+            let kj = &k[j * kv_row + g * head_dim..][..head_dim];
+            let s = dot(qh, kj) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vj = &v[j * kv_row + g * head_dim..][..head_dim];
+            let w = p * inv;
+            for (o, &x) in out.iter_mut().zip(vj) {
+                *o += w * x;
+            }
+        }
+    };
+    let mut out = vec![0f32; t * heads * head_dim];
+    if t == 1 {
+        let mut scores = Vec::with_capacity(offset + 1);
+        for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
+            one(0, h, o, &mut scores);
+        }
+    } else {
+        // A prompt: (query, head) pairs are independent; spread them over the pool.
+        out.par_chunks_exact_mut(head_dim)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (idx, o)| {
+                one(idx / heads, idx % heads, o, scores)
+            });
+    }
+    out
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler vectorize without reassociation licence.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `silu(gate) · up`, elementwise.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
+}
+
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_candle() {
+        let (x, w) = (random(3 * 48, 1), random(48, 2));
+        let xt = Tensor::from_vec(x.clone(), (3, 48), &Device::Cpu).unwrap();
+        let wt = Tensor::from_vec(w.clone(), 48, &Device::Cpu).unwrap();
+        let want: Vec<f32> = candle_nn::ops::rms_norm(&xt, &wt, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(&rms_norm(&x, &w, 1e-5), &want, 1e-5);
+    }
+
+    /// Attention and RoPE against the same computation written with candle's tensor ops
+    /// (f32 reference): 2 new queries after 3 cached tokens, GQA 4:2.
+    #[test]
+    fn attention_and_rope_match_tensor_reference() {
+        let (heads, kv_heads, hd, offset, t) = (4, 2, 8, 3, 2);
+        let n = offset + t;
+        let cfg = crate::models::ModelConfig {
+            architecture: crate::models::Architecture::Llama,
+            hidden_size: heads * hd,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hd,
+            vocab_size: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rope_freq_factors: None,
+            max_position_embeddings: 16,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+        };
+        let rope = RotaryEmbedding::new(&cfg, &Device::Cpu).unwrap();
+        let mut q = random(t * heads * hd, 3);
+        let mut k = random(n * kv_heads * hd, 4);
+        let v = random(n * kv_heads * hd, 5);
+        // Reference: candle's rope on (1, h, seq, d) and a masked softmax attention.
+        let dev = Device::Cpu;
+        let to_heads = |x: &[f32], s: usize, h: usize| {
+            Tensor::from_vec(x.to_vec(), (1, s, h, hd), &dev)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let qr = rope.apply(&to_heads(&q, t, heads), offset).unwrap();
+        let kr = rope.apply(&to_heads(&k, n, kv_heads), 0).unwrap();
+        rope_in_place(&mut q, heads, hd, offset, &rope);
+        rope_in_place(&mut k, kv_heads, hd, 0, &rope);
+        let q_back: Vec<f32> = qr
+            .transpose(1, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(&q, &q_back, 1e-5);
+        let kr = kr.repeat_interleave_heads(heads / kv_heads);
+        let vr = to_heads(&v, n, kv_heads).repeat_interleave_heads(heads / kv_heads);
+        let scores = (qr.matmul(&kr.t().unwrap()).unwrap() / (hd as f64).sqrt()).unwrap();
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..n).map(move |j| {
+                    if j > offset + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let scores = scores
+            .broadcast_add(&Tensor::from_vec(mask, (t, n), &dev).unwrap())
+            .unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        let want: Vec<f32> = probs
+            .matmul(&vr)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(
+            &attention(&q, &k, &v, t, offset, heads, kv_heads, hd),
+            &want,
+            1e-4,
+        );
+    }
+
+    trait RepeatHeads {
+        fn repeat_interleave_heads(&self, rep: usize) -> Tensor;
+    }
+    impl RepeatHeads for Tensor {
+        fn repeat_interleave_heads(&self, rep: usize) -> Tensor {
+            let (b, h, s, d) = self.dims4().unwrap();
+            self.unsqueeze(2)
+                .unwrap()
+                .expand((b, h, rep, s, d))
+                .unwrap()
+                .reshape((b, h * rep, s, d))
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_definition() {
+        let (g, u) = (random(16, 6), random(16, 7));
+        let got = swiglu(&g, &u);
+        for i in 0..16 {
+            let want = g[i] * (1.0 / (1.0 + (-g[i]).exp())) * u[i];
+            assert!((got[i] - want).abs() < 1e-6);
+        }
+    }
+}
