@@ -87,6 +87,11 @@ pub fn attention(
             }
         }
     };
+    if t >= GEMM_MIN_QUERIES {
+        if let Ok(out) = attention_gemm(q, k, v, t, offset, heads, kv_heads, head_dim) {
+            return out;
+        }
+    }
     let mut out = vec![0f32; t * heads * head_dim];
     if t == 1 {
         let mut scores = Vec::with_capacity(offset + 1);
@@ -94,7 +99,7 @@ pub fn attention(
             one(0, h, o, &mut scores);
         }
     } else {
-        // A prompt: (query, head) pairs are independent; spread them over the pool.
+        // (query, head) pairs are independent; spread them over the pool.
         out.par_chunks_exact_mut(head_dim)
             .enumerate()
             .for_each_init(Vec::new, |scores, (idx, o)| {
@@ -102,6 +107,64 @@ pub fn attention(
             });
     }
     out
+}
+
+/// From this many queries on (prompts), attention goes through blocked GEMMs.
+const GEMM_MIN_QUERIES: usize = 16;
+
+/// Prompt attention as two GEMMs per KV head (candle's, SIMD picked at run time), with
+/// the `rep` query heads sharing a KV head stacked so K and V are never copied per head.
+#[allow(clippy::too_many_arguments)]
+fn attention_gemm(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    offset: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+) -> candle_core::Result<Vec<f32>> {
+    use candle_core::{Device, Tensor};
+    let (rep, n, dev) = (heads / kv_heads, offset + t, &Device::Cpu);
+    // (t, kv, rep, hd) → (kv, rep·t, hd): row r·t + i is query i of head g·rep + r.
+    let qs = Tensor::from_slice(q, (t, kv_heads, rep, head_dim), dev)?
+        .permute((1, 2, 0, 3))?
+        .contiguous()?
+        .reshape((kv_heads, rep * t, head_dim))?;
+    let ks = Tensor::from_slice(k, (n, kv_heads, head_dim), dev)?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let vs = Tensor::from_slice(v, (n, kv_heads, head_dim), dev)?
+        .transpose(0, 1)?
+        .contiguous()?;
+    let scores = (qs.matmul(&ks.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+    for (row_idx, row) in probs.chunks_exact_mut(n).enumerate() {
+        softmax_causal(row, offset + row_idx % t + 1);
+    }
+    let probs = Tensor::from_vec(probs, (kv_heads, rep * t, n), dev)?;
+    probs
+        .matmul(&vs)?
+        .reshape((kv_heads, rep, t, head_dim))?
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1()
+}
+
+/// Softmax over the first `visible` entries of `row`; the rest (future tokens) become 0.
+fn softmax_causal(row: &mut [f32], visible: usize) {
+    let (seen, future) = row.split_at_mut(visible);
+    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for s in seen.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    seen.iter_mut().for_each(|s| *s *= inv);
+    future.fill(0.0);
 }
 
 #[inline]
@@ -271,6 +334,32 @@ mod tests {
                 .unwrap()
                 .reshape((b, h * rep, s, d))
                 .unwrap()
+        }
+    }
+
+    /// The GEMM path for prompts and the per-query loop agree.
+    #[test]
+    fn prompt_attention_paths_agree() {
+        let (heads, kv_heads, hd, offset, t) = (6, 2, 16, 5, 40);
+        let n = offset + t;
+        let q = random(t * heads * hd, 8);
+        let k = random(n * kv_heads * hd, 9);
+        let v = random(n * kv_heads * hd, 10);
+        let gemm = attention_gemm(&q, &k, &v, t, offset, heads, kv_heads, hd).unwrap();
+        // One query at a time takes the loop path.
+        for i in 0..t {
+            let qi = &q[i * heads * hd..(i + 1) * heads * hd];
+            let row = attention(
+                qi,
+                &k[..(offset + i + 1) * kv_heads * hd],
+                &v[..(offset + i + 1) * kv_heads * hd],
+                1,
+                offset + i,
+                heads,
+                kv_heads,
+                hd,
+            );
+            close(&row, &gemm[i * heads * hd..(i + 1) * heads * hd], 1e-4);
         }
     }
 
