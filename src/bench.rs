@@ -88,3 +88,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Read bandwidth of main memory in bytes/s with `threads` threads: the best of a few
+/// passes summing a buffer far larger than the caches (the same measure as the
+/// memory-bandwidth figures in the reference notes).
+pub fn memory_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let words = BYTES / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(threads.max(1));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build();
+    let Ok(pool) = pool else { return 0.0 };
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let start = Instant::now();
+        let total: u64 = pool.install(|| {
+            use rayon::prelude::*;
+            buf.par_chunks(chunk)
+                .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+                .reduce(|| 0, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    BYTES as f64 / best
+}

@@ -255,6 +255,15 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let size_mb = engine.model.weights_size_in_bytes() as f64 / (1024.0 * 1024.0);
             let rss_mb = smelt::bench::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+            // Decode as a fraction of what memory bandwidth allows: every weight byte is
+            // read once per token.
+            let bandwidth = smelt::bench::memory_bandwidth(threads);
+            let bytes_per_token = engine.model.decode_bytes_per_token() as f64;
+            let bound = bandwidth / bytes_per_token;
+            let tg = rows
+                .iter()
+                .find(|r| r.test.starts_with("tg"))
+                .map(|r| r.mean_tps);
             if b.json {
                 for r in &rows {
                     let line = serde_json::json!({
@@ -262,6 +271,8 @@ fn run(cli: Cli) -> Result<()> {
                         "test": r.test, "avg_ts": r.mean_tps, "stddev_ts": r.sd_tps, "samples_ts": r.runs,
                         "isq": cli.isq.map(|t| t.to_string()), "load_s": load_s, "isq_s": isq_s,
                         "peak_rss_mib": rss_mb,
+                        "bandwidth_gbs": bandwidth / 1e9, "bytes_per_token": bytes_per_token,
+                        "bandwidth_bound_ts": bound,
                     });
                     println!("{line}");
                 }
@@ -282,6 +293,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(rss) = rss_mb {
                 println!("peak RSS: {rss:.1} MiB");
+            }
+            println!(
+                "memory bandwidth ({threads} threads): {:.1} GB/s; weights read per token: {:.1} MB; bound {bound:.0} t/s",
+                bandwidth / 1e9,
+                bytes_per_token / 1e6
+            );
+            if let Some(tg) = tg {
+                println!("decode: {:.0} % of the bandwidth bound", 100.0 * tg / bound);
             }
             Ok(())
         }

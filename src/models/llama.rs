@@ -282,6 +282,17 @@ impl CausalLm for Llama {
             + self.linears().map(|l| l.size_in_bytes()).sum::<usize>()
     }
 
+    fn decode_bytes_per_token(&self) -> usize {
+        let norms: usize = self
+            .blocks
+            .iter()
+            .map(|b| 4 * (b.input_norm.len() + b.post_attn_norm.len()))
+            .sum();
+        self.linears().map(|l| l.size_in_bytes()).sum::<usize>()
+            + self.lm_head.size_in_bytes()
+            + norms
+    }
+
     fn linear_storage_summary(&self) -> Vec<(String, usize)> {
         let mut m = BTreeMap::new();
         for l in self.linears() {

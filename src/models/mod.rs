@@ -65,6 +65,9 @@ pub trait CausalLm: Send + Sync {
     }
     /// Bytes taken by the weights.
     fn weights_size_in_bytes(&self) -> usize;
+    /// Bytes of weights read to decode one token (every linear and the head; one
+    /// embedding row), the numerator of the memory-bandwidth bound.
+    fn decode_bytes_per_token(&self) -> usize;
     /// (storage name, number of linears) for the log line after loading.
     fn linear_storage_summary(&self) -> Vec<(String, usize)>;
     /// Re-quantize every linear of attention and MLP to `ty` in place.
