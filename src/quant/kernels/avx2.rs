@@ -80,15 +80,68 @@ unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) 
                 0.0,
             )
         }
+        BlockKind::Q4K | BlockKind::Q5K => unreachable!("K-quants go through dot_k"),
     };
     let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, _mm256_set1_epi16(1)));
     (sums, d, offset)
 }
 
+/// Q4_K / Q5_K: per 32-element sub-block, codes from one half of 32 nibble bytes (plus
+/// Q5_K's fifth bit), a 6-bit scale and min from the packed scale bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    let bb = kind.block_bytes();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut offset_total = 0f32;
+    for (sb, acts) in act.chunks_exact(8).enumerate() {
+        let b = row.as_ptr().add(sb * bb);
+        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let scales = std::slice::from_raw_parts(b.add(4), 12);
+        let (qs, qh) = match kind {
+            BlockKind::Q4K => (b.add(16), None),
+            _ => (b.add(48), Some(_mm256_loadu_si256(b.add(16) as *const __m256i))),
+        };
+        for pair in 0..4 {
+            let bytes = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
+            for half in 0..2 {
+                let i = 2 * pair + half;
+                let a = &acts[i];
+                let mut q = if half == 0 {
+                    _mm256_and_si256(bytes, m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4)
+                };
+                if let Some(h) = qh {
+                    let bit = _mm256_set1_epi8(1 << i);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                    q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+                }
+                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones));
+                let (sc, m) = super::scalar::k_scale_min(scales, i);
+                let scale = _mm256_set1_ps(d * sc as f32 * a.d);
+                if half == 0 {
+                    acc0 = _mm256_fmadd_ps(scale, sums, acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(scale, sums, acc1);
+                }
+                offset_total -= dmin * m as f32 * a.dsum;
+            }
+        }
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + offset_total
+}
+
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C; `row` holds `act.len()` blocks of `kind`.
+/// The CPU must support AVX2, FMA and F16C; `row` holds the blocks of `kind` that
+/// `act` (one entry per 32 elements) covers.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
+        return dot_k(kind, row, act);
+    }
     let bb = kind.block_bytes();
     debug_assert!(row.len() >= act.len() * bb);
     let base = row.as_ptr();

@@ -33,7 +33,8 @@ impl SharedOut {
 
 pub const BLOCK: usize = 32;
 
-/// The ggml block types these kernels handle (all 32-element, 8 bytes of scale or less).
+/// The ggml block types these kernels handle: 32-element blocks, and the 256-element
+/// K-quant super-blocks whose 32-element sub-blocks each have a scale and a min.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockKind {
     Q4_0,
@@ -41,6 +42,8 @@ pub enum BlockKind {
     Q5_0,
     Q5_1,
     Q8_0,
+    Q4K,
+    Q5K,
 }
 
 impl BlockKind {
@@ -51,6 +54,8 @@ impl BlockKind {
             GgmlDType::Q5_0 => Self::Q5_0,
             GgmlDType::Q5_1 => Self::Q5_1,
             GgmlDType::Q8_0 => Self::Q8_0,
+            GgmlDType::Q4K => Self::Q4K,
+            GgmlDType::Q5K => Self::Q5K,
             _ => return None,
         })
     }
@@ -62,6 +67,16 @@ impl BlockKind {
             Self::Q5_0 => 22,
             Self::Q5_1 => 24,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            Self::Q4K | Self::Q5K => 256,
+            _ => BLOCK,
         }
     }
 }
@@ -123,9 +138,9 @@ pub fn matmul_with(
     x: &[f32],
     m: usize,
 ) -> Vec<f32> {
-    assert_eq!(cols % BLOCK, 0, "row length must be a multiple of {BLOCK}");
+    assert_eq!(cols % kind.block_elems(), 0, "row length must be a multiple of the block");
     assert_eq!(x.len(), m * cols);
-    let row_bytes = cols / BLOCK * kind.block_bytes();
+    let row_bytes = cols / kind.block_elems() * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
     let acts: Vec<Vec<Q8Act>> = x.chunks(cols).map(quantize_activations).collect();
     // Computed n-major (rows × m): each thread owns one contiguous range of weight rows.
@@ -172,12 +187,14 @@ mod tests {
             .collect()
     }
 
-    const KINDS: [(BlockKind, GgmlDType); 5] = [
+    const KINDS: [(BlockKind, GgmlDType); 7] = [
         (BlockKind::Q4_0, GgmlDType::Q4_0),
         (BlockKind::Q4_1, GgmlDType::Q4_1),
         (BlockKind::Q5_0, GgmlDType::Q5_0),
         (BlockKind::Q5_1, GgmlDType::Q5_1),
         (BlockKind::Q8_0, GgmlDType::Q8_0),
+        (BlockKind::Q4K, GgmlDType::Q4K),
+        (BlockKind::Q5K, GgmlDType::Q5K),
     ];
 
     /// Each kernel against a plain f32 product of the dequantized weight (ggml's own

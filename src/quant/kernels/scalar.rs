@@ -51,10 +51,56 @@ fn decode_block(kind: BlockKind, b: &[u8], q: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, 0.0)
         }
+        BlockKind::Q4K | BlockKind::Q5K => unreachable!("K-quants decode per sub-block"),
     }
 }
 
+/// The 6-bit (scale, min) of sub-block `j` of a Q4_K/Q5_K super-block (ggml's
+/// `get_scale_min_k4`).
+pub(super) fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        (
+            (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
+            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Codes of sub-block `i` of a Q4_K/Q5_K super-block and its (scale, offset): the 64
+/// elements of pair i/2 share 32 bytes of nibbles, low nibbles first; Q5_K's fifth bit
+/// of element l of sub-block i is bit i of qh[l].
+fn decode_k_sub(kind: BlockKind, b: &[u8], i: usize, q: &mut [i32; BLOCK]) -> (f32, f32) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    let (qs, qh) = match kind {
+        BlockKind::Q4K => (&b[16..144], None),
+        _ => (&b[48..176], Some(&b[16..48])),
+    };
+    let chunk = &qs[32 * (i / 2)..32 * (i / 2) + 32];
+    for l in 0..BLOCK {
+        let nib = if i % 2 == 0 { chunk[l] & 0x0F } else { chunk[l] >> 4 };
+        let high = qh.map_or(0, |h| ((h[l] >> i) & 1) << 4);
+        q[l] = (nib | high) as i32;
+    }
+    let (sc, m) = k_scale_min(scales, i);
+    (d * sc as f32, -dmin * m as f32)
+}
+
 pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
+        let mut q = [0i32; BLOCK];
+        let mut total = 0f32;
+        for (b, acts) in row.chunks_exact(kind.block_bytes()).zip(act.chunks_exact(8)) {
+            for (i, a) in acts.iter().enumerate() {
+                let (scale, offset) = decode_k_sub(kind, b, i, &mut q);
+                let isum: i32 = q.iter().zip(&a.qs).map(|(&w, &x)| w * x as i32).sum();
+                total += scale * a.d * isum as f32 + offset * a.dsum;
+            }
+        }
+        return total;
+    }
     let bb = kind.block_bytes();
     let mut q = [0i32; BLOCK];
     let mut total = 0f32;
