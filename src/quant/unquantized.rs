@@ -29,8 +29,41 @@ impl UnquantLinear {
     }
 }
 
+/// Up to this many input rows, f32 products go through the bandwidth-bound kernel.
+const KERNEL_MAX_ROWS: usize = 32;
+
+impl UnquantLinear {
+    /// Decode-sized products of an f32 weight on the CPU through our SIMD kernel.
+    fn forward_f32_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.weight.dtype() != DType::F32
+            || !self.weight.device().is_cpu()
+            || !self.weight.is_contiguous()
+        {
+            return Ok(None);
+        }
+        let (rows, cols) = self.shape();
+        let m = x.elem_count() / cols.max(1);
+        if m == 0 || m >= KERNEL_MAX_ROWS {
+            return Ok(None);
+        }
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (storage, layout) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
+        let w = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + rows * cols];
+        let y = super::kernels::matmul_f32(w, rows, cols, &xs, m);
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = rows;
+        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+    }
+}
+
 impl QuantLinear for UnquantLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.forward_f32_kernel(x)? {
+            return add_bias(y, self.bias.as_ref());
+        }
         let dtype = self.weight.dtype();
         let x = x.to_dtype(dtype)?;
         let w = self.weight.t()?;

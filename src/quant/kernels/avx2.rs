@@ -101,7 +101,10 @@ unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
         let scales = std::slice::from_raw_parts(b.add(4), 12);
         let (qs, qh) = match kind {
             BlockKind::Q4K => (b.add(16), None),
-            _ => (b.add(48), Some(_mm256_loadu_si256(b.add(16) as *const __m256i))),
+            _ => (
+                b.add(48),
+                Some(_mm256_loadu_si256(b.add(16) as *const __m256i)),
+            ),
         };
         for pair in 0..4 {
             let bytes = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
@@ -165,4 +168,39 @@ pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
         off0 += o * a.dsum;
     }
     hsum(_mm256_add_ps(acc0, acc1)) + off0 + off1
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA; `a` and `b` have the same length.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+            let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+            *acc = _mm256_fmadd_ps(x, y, *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(i)),
+            _mm256_loadu_ps(pb.add(i)),
+            acc[0],
+        );
+        i += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while i < n {
+        s += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    s
 }

@@ -138,7 +138,11 @@ pub fn matmul_with(
     x: &[f32],
     m: usize,
 ) -> Vec<f32> {
-    assert_eq!(cols % kind.block_elems(), 0, "row length must be a multiple of the block");
+    assert_eq!(
+        cols % kind.block_elems(),
+        0,
+        "row length must be a multiple of the block"
+    );
     assert_eq!(x.len(), m * cols);
     let row_bytes = cols / kind.block_elems() * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
@@ -154,6 +158,45 @@ pub fn matmul_with(
             for (t, a) in acts.iter().enumerate() {
                 // SAFETY: rows start..end belong to this thread alone.
                 unsafe { *out.at(n * m + t) = dot_row(isa, kind, w, a) };
+            }
+        }
+    });
+    if m == 1 {
+        return by_row;
+    }
+    let mut out = vec![0f32; m * rows];
+    for n in 0..rows {
+        for t in 0..m {
+            out[t * rows + n] = by_row[n * m + t];
+        }
+    }
+    out
+}
+
+/// `out[t, n] = Σ_k x[t, k] · W[n, k]` for a dense f32 weight (rows × cols), split by
+/// rows over the kernel pool: the decode path of unquantized layers and heads, which are
+/// bandwidth-bound and gain nothing from a blocked GEMM.
+pub fn matmul_f32(weight: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+    assert_eq!(weight.len(), rows * cols);
+    assert_eq!(x.len(), m * cols);
+    let isa = isa();
+    let mut by_row = vec![0f32; rows * m];
+    let out = SharedOut(by_row.as_mut_ptr());
+    pool::global().run(&|index, threads| {
+        let per = rows.div_ceil(threads);
+        let (start, end) = (index * per, ((index + 1) * per).min(rows));
+        for n in start..end {
+            let w = &weight[n * cols..(n + 1) * cols];
+            for t in 0..m {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let v = match isa {
+                    Isa::Scalar => scalar::dot_f32(w, xt),
+                    // SAFETY: AVX2/FMA/F16C were detected.
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => unsafe { avx2::dot_f32(w, xt) },
+                };
+                // SAFETY: rows start..end belong to this thread alone.
+                unsafe { *out.at(n * m + t) = v };
             }
         }
     });
@@ -240,6 +283,24 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_matmul_matches_reference() {
+        let (rows, cols, m) = (33, 200, 2);
+        let w = random(rows * cols, 11);
+        let x = random(m * cols, 12);
+        let got = matmul_f32(&w, rows, cols, &x, m);
+        for t in 0..m {
+            for n in 0..rows {
+                let want: f32 = (0..cols).map(|k| x[t * cols + k] * w[n * cols + k]).sum();
+                assert!(
+                    (got[t * rows + n] - want).abs() < 1e-3,
+                    "{} vs {want}",
+                    got[t * rows + n]
+                );
             }
         }
     }

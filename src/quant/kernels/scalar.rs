@@ -80,7 +80,11 @@ fn decode_k_sub(kind: BlockKind, b: &[u8], i: usize, q: &mut [i32; BLOCK]) -> (f
     };
     let chunk = &qs[32 * (i / 2)..32 * (i / 2) + 32];
     for l in 0..BLOCK {
-        let nib = if i % 2 == 0 { chunk[l] & 0x0F } else { chunk[l] >> 4 };
+        let nib = if i % 2 == 0 {
+            chunk[l] & 0x0F
+        } else {
+            chunk[l] >> 4
+        };
         let high = qh.map_or(0, |h| ((h[l] >> i) & 1) << 4);
         q[l] = (nib | high) as i32;
     }
@@ -92,7 +96,10 @@ pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
         let mut q = [0i32; BLOCK];
         let mut total = 0f32;
-        for (b, acts) in row.chunks_exact(kind.block_bytes()).zip(act.chunks_exact(8)) {
+        for (b, acts) in row
+            .chunks_exact(kind.block_bytes())
+            .zip(act.chunks_exact(8))
+        {
             for (i, a) in acts.iter().enumerate() {
                 let (scale, offset) = decode_k_sub(kind, b, i, &mut q);
                 let isum: i32 = q.iter().zip(&a.qs).map(|(&w, &x)| w * x as i32).sum();
@@ -110,4 +117,15 @@ pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
         total += d * a.d * isum as f32 + offset * a.dsum;
     }
     total
+}
+
+pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    acc.iter().sum::<f32>() + (chunks * 8..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
 }
