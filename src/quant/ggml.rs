@@ -96,6 +96,9 @@ impl QuantLinear for GgmlLinear {
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

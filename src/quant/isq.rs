@@ -186,6 +186,12 @@ pub fn quantize_linear(
     Ok(out)
 }
 
+/// The raw ggml blocks of a block-quantized layer (None for other storage).
+pub fn quantized_bytes(lin: &dyn QuantLinear) -> Option<Vec<u8>> {
+    let any = lin.as_any().downcast_ref::<GgmlLinear>()?;
+    Some(any.qtensor().data().ok()?.into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

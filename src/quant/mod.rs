@@ -27,6 +27,8 @@ pub trait QuantLinear: Send + Sync + std::fmt::Debug {
     /// (out_features, in_features).
     fn shape(&self) -> (usize, usize);
     fn bias(&self) -> Option<&Tensor>;
+    /// For inspecting the concrete storage (tests, format writers).
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Quantize this layer to `ty`, from its current weights.
     fn apply_isq(&self, ty: IsqType) -> Result<Arc<dyn QuantLinear>> {
         isq::quantize_linear(&self.dequantize()?, self.bias().cloned(), ty)

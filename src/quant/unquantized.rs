@@ -90,4 +90,7 @@ impl QuantLinear for UnquantLinear {
     fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
