@@ -55,18 +55,7 @@ pub fn load(
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
-    let what = match opts.isq {
-        Some(t) => format!("loading + ISQ {t}"),
-        None => "loading".to_string(),
-    };
-    let model = super::build_model(cfg, &src, &what)?;
-    Ok(LoadedModel {
-        model,
-        assets,
-        name,
-        load_seconds: 0.0,
-        isq_seconds: 0.0,
-    })
+    super::finish_load(cfg, &src, assets, name, opts)
 }
 
 /// `-f` alone may be a path; with `-m` it names a file inside that directory or repo.

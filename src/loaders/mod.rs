@@ -94,6 +94,27 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     Ok(loaded)
 }
 
+/// The common end of every loader: build the model from its weight source.
+pub(crate) fn finish_load(
+    cfg: ModelConfig,
+    src: &dyn WeightSource,
+    assets: TokenizerAssets,
+    name: String,
+    opts: &LoadOptions,
+) -> Result<LoadedModel> {
+    let what = match opts.isq {
+        Some(t) => format!("loading + ISQ {t}"),
+        None => "loading".to_string(),
+    };
+    Ok(LoadedModel {
+        model: build_model(cfg, src, &what)?,
+        assets,
+        name,
+        load_seconds: 0.0,
+        isq_seconds: 0.0,
+    })
+}
+
 /// Builds the model for `cfg.architecture` from `src`, with a layer progress bar.
 pub(crate) fn build_model(
     cfg: ModelConfig,

@@ -36,18 +36,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
-    let what = match opts.isq {
-        Some(t) => format!("loading + ISQ {t}"),
-        None => "loading".to_string(),
-    };
-    let model = super::build_model(cfg, &src, &what)?;
-    Ok(LoadedModel {
-        model,
-        assets,
-        name: model_id.to_string(),
-        load_seconds: 0.0,
-        isq_seconds: 0.0,
-    })
+    super::finish_load(cfg, &src, assets, model_id.to_string(), opts)
 }
 
 fn safetensor_paths(files: &ModelFiles) -> Result<Vec<PathBuf>> {

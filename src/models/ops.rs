@@ -65,25 +65,13 @@ pub fn attention(
         let qh = &q[(i * heads + h) * head_dim..][..head_dim];
         let n = offset + i + 1;
         scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..n {
-            let kj = &k[j * kv_row + g * head_dim..][..head_dim];
-            let s = dot(qh, kj) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
+        scores.extend((0..n).map(|j| dot(qh, &k[j * kv_row + g * head_dim..][..head_dim]) * scale));
+        softmax_causal(scores, n);
         out.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {
             let vj = &v[j * kv_row + g * head_dim..][..head_dim];
-            let w = p * inv;
             for (o, &x) in out.iter_mut().zip(vj) {
-                *o += w * x;
+                *o += p * x;
             }
         }
     };
@@ -204,15 +192,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
+        crate::quant::kernels::test_data(n, seed, 2.0)
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32) {

@@ -147,17 +147,28 @@ pub fn matmul_with(
     let row_bytes = cols / kind.block_elems() * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
     let acts: Vec<Vec<Q8Act>> = x.chunks(cols).map(quantize_activations).collect();
-    // Computed n-major (rows × m): each thread owns one contiguous range of weight rows.
+    rows_in_parallel(rows, m, |n, t| {
+        dot_row(
+            isa,
+            kind,
+            &weight[n * row_bytes..(n + 1) * row_bytes],
+            &acts[t],
+        )
+    })
+}
+
+/// `out[t · rows + n] = f(n, t)` for every weight row n and input row t, each thread of
+/// the kernel pool taking one contiguous range of weight rows.
+fn rows_in_parallel(rows: usize, m: usize, f: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    // Computed n-major (rows × m) so each thread owns a contiguous slice.
     let mut by_row = vec![0f32; rows * m];
     let out = SharedOut(by_row.as_mut_ptr());
     pool::global().run(&|index, threads| {
         let per = rows.div_ceil(threads);
-        let (start, end) = (index * per, ((index + 1) * per).min(rows));
-        for n in start..end {
-            let w = &weight[n * row_bytes..(n + 1) * row_bytes];
-            for (t, a) in acts.iter().enumerate() {
-                // SAFETY: rows start..end belong to this thread alone.
-                unsafe { *out.at(n * m + t) = dot_row(isa, kind, w, a) };
+        for n in index * per..((index + 1) * per).min(rows) {
+            for t in 0..m {
+                // SAFETY: rows of this range belong to this thread alone.
+                unsafe { *out.at(n * m + t) = f(n, t) };
             }
         }
     });
@@ -180,36 +191,32 @@ pub fn matmul_f32(weight: &[f32], rows: usize, cols: usize, x: &[f32], m: usize)
     assert_eq!(weight.len(), rows * cols);
     assert_eq!(x.len(), m * cols);
     let isa = isa();
-    let mut by_row = vec![0f32; rows * m];
-    let out = SharedOut(by_row.as_mut_ptr());
-    pool::global().run(&|index, threads| {
-        let per = rows.div_ceil(threads);
-        let (start, end) = (index * per, ((index + 1) * per).min(rows));
-        for n in start..end {
-            let w = &weight[n * cols..(n + 1) * cols];
-            for t in 0..m {
-                let xt = &x[t * cols..(t + 1) * cols];
-                let v = match isa {
-                    Isa::Scalar => scalar::dot_f32(w, xt),
-                    // SAFETY: AVX2/FMA/F16C were detected.
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { avx2::dot_f32(w, xt) },
-                };
-                // SAFETY: rows start..end belong to this thread alone.
-                unsafe { *out.at(n * m + t) = v };
-            }
+    rows_in_parallel(rows, m, |n, t| {
+        let (w, xt) = (
+            &weight[n * cols..(n + 1) * cols],
+            &x[t * cols..(t + 1) * cols],
+        );
+        match isa {
+            Isa::Scalar => scalar::dot_f32(w, xt),
+            // SAFETY: AVX2/FMA/F16C were detected.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2::dot_f32(w, xt) },
         }
-    });
-    if m == 1 {
-        return by_row;
-    }
-    let mut out = vec![0f32; m * rows];
-    for n in 0..rows {
-        for t in 0..m {
-            out[t * rows + n] = by_row[n * m + t];
-        }
-    }
-    out
+    })
+}
+
+/// Deterministic pseudo-random values in (−scale/2, scale/2) for kernel tests.
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -219,15 +226,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
-            })
-            .collect()
+        test_data(n, seed, 4.0)
     }
 
     const KINDS: [(BlockKind, GgmlDType); 7] = [
