@@ -48,11 +48,7 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         let len = self.len.min(len);
         for l in &mut self.layers {
-            let row = if self.len == 0 {
-                0
-            } else {
-                l.k.len() / self.len
-            };
+            let row = l.k.len().checked_div(self.len).unwrap_or(0);
             l.k.truncate(len * row);
             l.v.truncate(len * row);
         }

@@ -107,7 +107,7 @@ fn worker(shared: Arc<Shared>, index: usize, threads: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 && idle_since.elapsed() > SPIN_BEFORE_SLEEP {
+            if spins.is_multiple_of(1024) && idle_since.elapsed() > SPIN_BEFORE_SLEEP {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 if shared.generation.load(Ordering::Acquire) == seen {
                     drop(shared.wake.wait_timeout(guard, Duration::from_millis(100)));

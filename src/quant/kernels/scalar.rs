@@ -80,7 +80,7 @@ fn decode_k_sub(kind: BlockKind, b: &[u8], i: usize, q: &mut [i32; BLOCK]) -> (f
     };
     let chunk = &qs[32 * (i / 2)..32 * (i / 2) + 32];
     for l in 0..BLOCK {
-        let nib = if i % 2 == 0 {
+        let nib = if i.is_multiple_of(2) {
             chunk[l] & 0x0F
         } else {
             chunk[l] >> 4
