@@ -209,7 +209,7 @@ impl GgufSource {
         })?;
         let bytes = self.file.tensor_bytes(info);
         let shape = info.shape();
-        match unpermute_heads {
+        let q = match unpermute_heads {
             Some(heads) => {
                 let rows = shape[0];
                 let row_bytes = bytes.len() / rows.max(1);
@@ -218,15 +218,12 @@ impl GgufSource {
                     "tensor {gguf}: {rows} rows do not split into {heads} rotary heads"
                 );
                 let reordered = unpermute_rows(bytes, rows, row_bytes, heads);
-                Ok(qtensor_from_ggml(
-                    info.dtype,
-                    &reordered,
-                    shape,
-                    &self.device,
-                )?)
+                qtensor_from_ggml(info.dtype, &reordered, shape, &self.device)?
             }
-            None => Ok(qtensor_from_ggml(info.dtype, bytes, shape, &self.device)?),
-        }
+            None => qtensor_from_ggml(info.dtype, bytes, shape, &self.device)?,
+        };
+        self.file.release(info);
+        Ok(q)
     }
 
     fn dense_tensor(&self, gguf: &str, unpermute_heads: Option<usize>) -> Result<Tensor> {

@@ -303,6 +303,11 @@ impl GgufFile {
         &self.mmap[info.offset..info.offset + info.nbytes]
     }
 
+    /// Hands a tensor's pages back to the kernel once it has been copied out.
+    pub fn release(&self, info: &GgufTensorInfo) {
+        super::safetensors_file::release_pages(&self.mmap, info.offset, info.offset + info.nbytes);
+    }
+
     pub fn qtensor(&self, name: &str, device: &Device) -> Result<QTensor> {
         let info = self
             .tensor_info(name)

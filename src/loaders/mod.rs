@@ -5,6 +5,7 @@ pub mod gguf_file;
 pub mod gguf_tokenizer;
 pub mod hub;
 pub mod plain;
+pub mod safetensors_file;
 
 use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};
 use crate::quant::IsqType;

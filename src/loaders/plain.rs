@@ -1,11 +1,11 @@
 //! Hugging Face checkpoints: safetensors (single or sharded) + config.json + tokenizer.json.
 
 use super::hub::ModelFiles;
+use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
 use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
 use anyhow::{bail, Context, Result};
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -22,12 +22,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     let cfg = ModelConfig::from_hf_json(&std::fs::read_to_string(&config_path)?)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let weights = safetensor_paths(&files)?;
-    let tensors = unsafe { MmapedSafetensors::multi(&weights) }.with_context(|| {
-        format!(
-            "cannot read safetensors of {} (truncated or corrupt?)",
-            files.describe()
-        )
-    })?;
+    let tensors = SafetensorsFiles::open(&weights)?;
     let assets = load_tokenizer_assets(&files, &cfg)?;
     let src = SafetensorsSource {
         tensors,
@@ -133,7 +128,7 @@ fn collect_ids(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
 
 /// Weights from memory-mapped safetensors, read one tensor at a time.
 struct SafetensorsSource {
-    tensors: MmapedSafetensors,
+    tensors: SafetensorsFiles,
     dtype: DType,
     isq: Option<IsqType>,
     device: Device,
@@ -143,10 +138,7 @@ struct SafetensorsSource {
 
 impl SafetensorsSource {
     fn load(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .load(name, &Device::Cpu)
-            .with_context(|| format!("tensor {name}"))?;
+        let t = self.tensors.load(name)?;
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
     fn embed_tensor(&self, name: &str) -> Result<Tensor> {
@@ -165,7 +157,7 @@ impl WeightSource for SafetensorsSource {
         &self.device
     }
     fn has(&self, name: &str) -> bool {
-        self.tensors.get(&format!("{name}.weight")).is_ok()
+        self.tensors.contains(&format!("{name}.weight"))
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         let bias = if bias {
