@@ -1,6 +1,8 @@
 //! ISQ output against ggml's reference quantizers: the `gguf` package's numpy ones
 //! (Q4_0…Q8_0) and llama.cpp's llama-quantize --pure (Q2_K…Q6_K), on one 64 × 512 weight
 //! with zero, constant, outlier and tiny rows (scripts/make-quant-fixtures.py).
+//! Q4_K and Q5_K come from smelt's own quantizers (`quant/kquants.rs`), the rest from
+//! candle's.
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
 use candle_core::{Device, Tensor};
@@ -34,7 +36,9 @@ fn ours(weight: &Tensor, name: &str) -> Vec<u8> {
 #[test]
 fn legacy_types_are_byte_identical_to_ggml() {
     let (_, weight) = input();
-    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q3_K"] {
+    for name in [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q3_K", "Q4_K", "Q5_K",
+    ] {
         assert!(
             ours(&weight, name) == fixture(&format!("{name}.bin")),
             "{name} differs from ggml's bytes"
@@ -42,15 +46,15 @@ fn legacy_types_are_byte_identical_to_ggml() {
     }
 }
 
-/// Row 1 of the fixture is constant (0.3): candle's Q2_K/Q4_K/Q5_K quantizers turn such
-/// a row into zeros, where ggml keeps it. A known defect until smelt has its own K-quant
-/// quantizers (see the ISQ issue); it is measured here, not hidden.
+/// Row 1 of the fixture is constant (0.3): candle's Q2_K quantizer turns such a row into
+/// zeros, where ggml keeps it. A known defect until smelt has its own Q2_K quantizer (see
+/// the ISQ issue); it is measured here, not hidden.
 const CONSTANT_ROW: usize = 1;
 
-/// candle's Q2_K/Q4_K/Q5_K/Q6_K quantizers follow an older ggml algorithm, so their blocks
-/// differ from llama-quantize's (an open item of the ISQ work). Until smelt has its own,
-/// hold them to llama.cpp's accuracy on every other row: reconstruction error within 15 %
-/// of the reference's.
+/// candle's Q2_K/Q6_K quantizers follow an older ggml algorithm, so their blocks differ
+/// from llama-quantize's (an open item of the ISQ work). Until smelt has its own, hold
+/// them — and every K type — to llama.cpp's accuracy on every other row: reconstruction
+/// error within 15 % of the reference's.
 #[test]
 fn k_quants_are_as_accurate_as_ggml() {
     let (w, weight) = input();

@@ -176,14 +176,33 @@ pub fn quantize_linear(
     let (_, cols) = weight.dims2()?;
     let weight = weight.to_dtype(DType::F32)?;
     let out: Arc<dyn QuantLinear> = match ty.for_row_len(cols) {
-        Some(IsqType::Ggml(dt)) => {
-            let q = QTensor::quantize(&weight, dt)?;
-            Arc::new(GgmlLinear::new(Arc::new(q), bias)?)
-        }
+        Some(IsqType::Ggml(dt)) => Arc::new(GgmlLinear::new(
+            Arc::new(quantize_ggml(&weight, dt)?),
+            bias,
+        )?),
         None => Arc::new(super::UnquantLinear::new(weight, bias)?),
     };
     ISQ_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     Ok(out)
+}
+
+/// Quantizes a 2-D f32 tensor to a ggml type: our own quantizers where candle's differ
+/// from ggml's reference (Q4_K, Q5_K), candle's where they match byte for byte.
+fn quantize_ggml(weight: &Tensor, dt: GgmlDType) -> Result<QTensor> {
+    let kind = match dt {
+        GgmlDType::Q4K => super::kquants::KQuant::Q4K,
+        GgmlDType::Q5K => super::kquants::KQuant::Q5K,
+        _ => return Ok(QTensor::quantize(weight, dt)?),
+    };
+    let (rows, cols) = weight.dims2()?;
+    let data: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+    let bytes = super::kquants::quantize(kind, &data, cols);
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dt,
+        &bytes,
+        vec![rows, cols],
+        &weight.device(),
+    )?)
 }
 
 /// The raw ggml blocks of a block-quantized layer (None for other storage).

@@ -4,6 +4,7 @@
 pub mod ggml;
 pub mod isq;
 pub mod kernels;
+pub mod kquants;
 pub mod unquantized;
 
 use anyhow::Result;
