@@ -5,6 +5,7 @@
 //! fronts (`repl`, `perplexity`, `bench`) drive the engine.
 
 pub mod bench;
+pub mod builder;
 pub mod engine;
 pub mod loaders;
 pub mod models;
@@ -13,6 +14,7 @@ pub mod progress;
 pub mod quant;
 pub mod repl;
 
+pub use builder::ModelBuilder;
 pub use engine::Engine;
 pub use loaders::{load, LoadOptions, ModelSpec};
 pub use quant::IsqType;

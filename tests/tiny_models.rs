@@ -163,3 +163,32 @@ fn gguf_found_inside_a_model_directory() {
     // The directory also holds a tokenizer.json, which then wins over the metadata.
     check(&load(spec), "llama_tied", "gguf -m dir");
 }
+
+#[test]
+fn model_builder_with_isq_stays_close_to_reference() {
+    let engine = smelt::ModelBuilder::new(fixtures().join("qwen2").to_str().unwrap())
+        .with_isq(smelt::IsqType::Q8_0)
+        .build()
+        .unwrap();
+    assert!(engine
+        .model
+        .linear_storage_summary()
+        .iter()
+        .any(|(k, _)| k == "Q8_0"));
+    let (tokens, expected) = reference("qwen2");
+    let mut s = engine.new_session();
+    let got: Vec<Vec<f32>> = engine
+        .model
+        .forward(&tokens, &mut s.cache, 0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let err = got
+        .iter()
+        .flatten()
+        .zip(expected.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // 8-bit weights and activations: small but non-zero error.
+    assert!(err > 0.0 && err < 0.25, "max |Δ| = {err}");
+}

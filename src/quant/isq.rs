@@ -50,6 +50,19 @@ pub fn ggml_name(t: GgmlDType) -> &'static str {
 }
 
 impl IsqType {
+    pub const Q4_0: Self = Self::Ggml(GgmlDType::Q4_0);
+    pub const Q4_1: Self = Self::Ggml(GgmlDType::Q4_1);
+    pub const Q5_0: Self = Self::Ggml(GgmlDType::Q5_0);
+    pub const Q5_1: Self = Self::Ggml(GgmlDType::Q5_1);
+    pub const Q8_0: Self = Self::Ggml(GgmlDType::Q8_0);
+    pub const Q8_1: Self = Self::Ggml(GgmlDType::Q8_1);
+    pub const Q2K: Self = Self::Ggml(GgmlDType::Q2K);
+    pub const Q3K: Self = Self::Ggml(GgmlDType::Q3K);
+    pub const Q4K: Self = Self::Ggml(GgmlDType::Q4K);
+    pub const Q5K: Self = Self::Ggml(GgmlDType::Q5K);
+    pub const Q6K: Self = Self::Ggml(GgmlDType::Q6K);
+    pub const Q8K: Self = Self::Ggml(GgmlDType::Q8K);
+
     /// Every accepted spelling, for error messages.
     pub fn valid_names() -> String {
         let names: Vec<&str> = GGML_TYPES.iter().map(|(_, n)| *n).collect();
@@ -201,7 +214,7 @@ fn quantize_ggml(weight: &Tensor, dt: GgmlDType) -> Result<QTensor> {
         dt,
         &bytes,
         vec![rows, cols],
-        &weight.device(),
+        weight.device(),
     )?)
 }
 
