@@ -85,8 +85,13 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
         .into_iter()
         .map(|(k, n)| format!("{n}×{k}"))
         .collect();
+    let isq = if loaded.isq_seconds > 0.0 {
+        format!(" (ISQ {:.2}s)", loaded.isq_seconds)
+    } else {
+        String::new()
+    };
     tracing::info!(
-        "loaded {} in {:.2}s: {:.1} MB of weights, linears {}",
+        "loaded {} in {:.2}s{isq}: {:.1} MB of weights, linears {}",
         loaded.name,
         loaded.load_seconds,
         loaded.model.weights_size_in_bytes() as f64 / 1e6,
