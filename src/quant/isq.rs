@@ -200,11 +200,12 @@ pub fn quantize_linear(
 }
 
 /// Quantizes a 2-D f32 tensor to a ggml type: our own quantizers where candle's differ
-/// from ggml's reference (Q4_K, Q5_K), candle's where they match byte for byte.
+/// from ggml's reference (Q4_K, Q5_K, Q6_K), candle's where they match byte for byte.
 fn quantize_ggml(weight: &Tensor, dt: GgmlDType) -> Result<QTensor> {
     let kind = match dt {
         GgmlDType::Q4K => super::kquants::KQuant::Q4K,
         GgmlDType::Q5K => super::kquants::KQuant::Q5K,
+        GgmlDType::Q6K => super::kquants::KQuant::Q6K,
         _ => return Ok(QTensor::quantize(weight, dt)?),
     };
     let (rows, cols) = weight.dims2()?;

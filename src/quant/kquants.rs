@@ -1,4 +1,4 @@
-//! Our Q4_K and Q5_K quantizers, producing the same bytes as ggml's reference ones
+//! Our Q4_K, Q5_K and Q6_K quantizers, producing the same bytes as ggml's reference ones
 //! (llama-quantize without an imatrix). candle's follow an older ggml algorithm: their
 //! blocks differ and a constant positive block comes out as zeros.
 //!
@@ -208,10 +208,116 @@ fn q5k_block(x: &[f32], out: &mut [u8]) {
     }
 }
 
+/// Symmetric fit of a 16-element group for Q6_K: codes l ∈ [−nmax, nmax−1] with
+/// x ≈ scale·l, weighted by x², trying 19 grids around nmax/max and keeping the one with
+/// the best weighted least-squares fit. Codes come back offset by nmax.
+fn fit_symmetric(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < 1e-15 {
+        l.fill(0);
+        return 0.0;
+    }
+    let nmax_f = nmax as f32;
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+            let w = v * v;
+            sumlx += w * v * q;
+            suml2 += w * q * q;
+        }
+        (sumlx, suml2)
+    };
+    let fill = |iscale: f32, l: &mut [i8]| {
+        for (li, &v) in l.iter_mut().zip(x) {
+            *li = (nmax + nearest_int(iscale * v).clamp(-nmax, nmax - 1)) as i8;
+        }
+    };
+    let iscale = -nmax_f / max;
+    fill(iscale, l);
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let iscale = -(nmax_f + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            fill(iscale, l);
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+fn q6k_block(x: &[f32], out: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for g in 0..16 {
+        let s = fit_symmetric(&x[16 * g..16 * (g + 1)], 32, &mut l[16 * g..16 * (g + 1)]);
+        scales[g] = s;
+        if s.abs() > max_abs_scale {
+            max_abs_scale = s.abs();
+            max_scale = s;
+        }
+    }
+    out.fill(0);
+    if max_abs_scale < 1e-15 {
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = f16::from_f32(1.0 / iscale);
+    let mut sc = [0i8; 16];
+    for g in 0..16 {
+        sc[g] = nearest_int(iscale * scales[g]).min(127) as i8;
+    }
+    for g in 0..16 {
+        let dg = d.to_f32() * sc[g] as f32;
+        if dg == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            l[16 * g + i] = (nearest_int(x[16 * g + i] / dg).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let (qh, rest) = rest.split_at_mut(64);
+    let (scale_bytes, d_bytes) = rest.split_at_mut(16);
+    for half in 0..2 {
+        let (lh, qlh, qhh) = (&l[128 * half..], &mut ql[64 * half..], &mut qh[32 * half..]);
+        for i in 0..32 {
+            let q = [
+                lh[i] as u8,
+                lh[i + 32] as u8,
+                lh[i + 64] as u8,
+                lh[i + 96] as u8,
+            ];
+            qlh[i] = (q[0] & 0x0F) | ((q[2] & 0x0F) << 4);
+            qlh[i + 32] = (q[1] & 0x0F) | ((q[3] & 0x0F) << 4);
+            qhh[i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+        }
+    }
+    for (b, s) in scale_bytes.iter_mut().zip(sc) {
+        *b = s as u8;
+    }
+    d_bytes.copy_from_slice(&d.to_le_bytes());
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KQuant {
     Q4K,
     Q5K,
+    Q6K,
 }
 
 impl KQuant {
@@ -219,6 +325,7 @@ impl KQuant {
         match self {
             Self::Q4K => 144,
             Self::Q5K => 176,
+            Self::Q6K => 210,
         }
     }
 }
@@ -237,6 +344,7 @@ pub fn quantize(kind: KQuant, x: &[f32], cols: usize) -> Vec<u8> {
                 match kind {
                     KQuant::Q4K => q4k_block(xb, ob),
                     KQuant::Q5K => q5k_block(xb, ob),
+                    KQuant::Q6K => q6k_block(xb, ob),
                 }
             }
         });
