@@ -200,9 +200,10 @@ pub fn quantize_linear(
 }
 
 /// Quantizes a 2-D f32 tensor to a ggml type: our own quantizers where candle's differ
-/// from ggml's reference (Q4_K, Q5_K, Q6_K), candle's where they match byte for byte.
+/// from ggml's reference (Q2_K, Q4_K, Q5_K, Q6_K), candle's where they match byte for byte.
 fn quantize_ggml(weight: &Tensor, dt: GgmlDType) -> Result<QTensor> {
     let kind = match dt {
+        GgmlDType::Q2K => super::kquants::KQuant::Q2K,
         GgmlDType::Q4K => super::kquants::KQuant::Q4K,
         GgmlDType::Q5K => super::kquants::KQuant::Q5K,
         GgmlDType::Q6K => super::kquants::KQuant::Q6K,

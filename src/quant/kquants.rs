@@ -1,4 +1,4 @@
-//! Our Q4_K, Q5_K and Q6_K quantizers, producing the same bytes as ggml's reference ones
+//! Our Q2_K, Q4_K, Q5_K and Q6_K quantizers, producing the same bytes as ggml's reference ones
 //! (llama-quantize without an imatrix). candle's follow an older ggml algorithm: their
 //! blocks differ and a constant positive block comes out as zeros.
 //!
@@ -24,6 +24,8 @@ fn nearest_int(x: f32) -> i32 {
 /// Weighted affine fit of one sub-block: codes in `l`, returns (scale, min) with
 /// x ≈ scale·l − min. Tries the plain max−min grid, then `nstep + 1` stretched grids,
 /// each refined by weighted least squares, keeping the lowest weighted squared error.
+/// `abs_error` scores candidates by weighted |error| instead of squared error (Q2_K).
+#[allow(clippy::too_many_arguments)]
 fn fit_affine(
     x: &[f32],
     w: &[f32],
@@ -31,8 +33,10 @@ fn fit_affine(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    abs_error: bool,
     l: &mut [u8],
 ) -> (f32, f32) {
+    let err = |diff: f32| if abs_error { diff.abs() } else { diff * diff };
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = w[0];
@@ -62,7 +66,7 @@ fn fit_affine(
         let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l[i] = q as u8;
         let diff = scale * q as f32 + min - x[i];
-        best_error += w[i] * (diff * diff);
+        best_error += w[i] * err(diff);
     }
     let mut aux = [0u8; SUB];
     for is in 0..=nstep {
@@ -87,7 +91,7 @@ fn fit_affine(
             let mut cur_error = 0f32;
             for i in 0..n {
                 let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                cur_error += w[i] * (diff * diff);
+                cur_error += w[i] * err(diff);
             }
             if cur_error < best_error {
                 l[..n].copy_from_slice(&aux[..n]);
@@ -141,6 +145,7 @@ fn affine_superblock(
             rmin,
             0.1,
             nstep,
+            false,
             &mut l[SUB * j..SUB * (j + 1)],
         );
         scales[j] = s;
@@ -206,6 +211,67 @@ fn q5k_block(x: &[f32], out: &mut [u8]) {
             qs[32 * c + i] = (lo & 0x0F) | ((hi & 0x0F) << 4);
         }
     }
+}
+
+/// Q2_K: sixteen 16-element groups, 2-bit codes, 4-bit scales and mins against f16 `d`
+/// and `dmin`, groups fitted by weighted absolute error with weights |x|.
+fn q2k_block(x: &[f32], out: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for g in 0..16 {
+        let xs = &x[16 * g..16 * (g + 1)];
+        let mut w = [0f32; 16];
+        for (wi, v) in w.iter_mut().zip(xs) {
+            *wi = v.abs();
+        }
+        let (s, m) = fit_affine(xs, &w, 3, -0.5, 0.1, 15, true, &mut l[16 * g..16 * (g + 1)]);
+        scales[g] = s;
+        mins[g] = m;
+        if s > max_scale {
+            max_scale = s;
+        }
+        if m > max_min {
+            max_min = m;
+        }
+    }
+    let mut sc = [0u8; 16];
+    let mut d = f16::from_f32(0.0);
+    if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for g in 0..16 {
+            sc[g] = nearest_int(iscale * scales[g]) as u8;
+        }
+        d = f16::from_f32(max_scale / 15.0);
+    }
+    let mut dmin = f16::from_f32(0.0);
+    if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for g in 0..16 {
+            sc[g] |= (nearest_int(iscale * mins[g]) << 4) as u8;
+        }
+        dmin = f16::from_f32(max_min / 15.0);
+    }
+    for g in 0..16 {
+        let dg = d.to_f32() * (sc[g] & 0x0F) as f32;
+        if dg == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * (sc[g] >> 4) as f32;
+        for i in 0..16 {
+            l[16 * g + i] = nearest_int((x[16 * g + i] + dm) / dg).clamp(0, 3) as u8;
+        }
+    }
+    out[..16].copy_from_slice(&sc);
+    for half in 0..2 {
+        let lh = &l[128 * half..];
+        for i in 0..32 {
+            out[16 + 32 * half + i] =
+                lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
+        }
+    }
+    out[80..82].copy_from_slice(&d.to_le_bytes());
+    out[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
 /// Symmetric fit of a 16-element group for Q6_K: codes l ∈ [−nmax, nmax−1] with
@@ -315,6 +381,7 @@ fn q6k_block(x: &[f32], out: &mut [u8]) {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KQuant {
+    Q2K,
     Q4K,
     Q5K,
     Q6K,
@@ -323,6 +390,7 @@ pub enum KQuant {
 impl KQuant {
     fn block_bytes(self) -> usize {
         match self {
+            Self::Q2K => 84,
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
@@ -342,6 +410,7 @@ pub fn quantize(kind: KQuant, x: &[f32], cols: usize) -> Vec<u8> {
         .for_each(|(o, r)| {
             for (ob, xb) in o.chunks_exact_mut(bb).zip(r.chunks_exact(QK_K)) {
                 match kind {
+                    KQuant::Q2K => q2k_block(xb, ob),
                     KQuant::Q4K => q4k_block(xb, ob),
                     KQuant::Q5K => q5k_block(xb, ob),
                     KQuant::Q6K => q6k_block(xb, ob),
