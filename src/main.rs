@@ -21,6 +21,10 @@ struct Cli {
     /// (llama.cpp spellings like Q4_K accepted), or a bit width 2|3|4|5|6|8.
     #[arg(long, global = true, value_parser = parse_isq)]
     isq: Option<IsqType>,
+    /// YAML file of per-layer (`START-END: {isq: TYPE|none}`) or per-weight (`/regex/`)
+    /// ISQ choices overriding --isq.
+    #[arg(long, global = true, value_name = "FILE")]
+    topology: Option<PathBuf>,
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long, global = true)]
     threads: Option<usize>,
@@ -206,13 +210,21 @@ fn sampling_params(s: &SamplingArgs) -> SamplingParams {
 }
 
 fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, f64, f64)> {
+    let topology = cli
+        .topology
+        .as_deref()
+        .map(smelt::quant::Topology::from_file)
+        .transpose()?;
     let opts = LoadOptions {
         dtype,
         isq: cli.isq,
+        topology,
         ..Default::default()
     };
     if let Some(t) = cli.isq {
-        tracing::info!("ISQ: linear layers of attention and MLP → {t}");
+        tracing::info!(
+            "ISQ: attention and MLP linears → {t} (bit widths on the CPU: 2→Q2K, 3→Q3K, 4→Q4K, 5→Q5K, 6→Q6K, 8→Q8_0)"
+        );
     }
     let loaded = smelt::load(&spec, &opts)?;
     let (load_s, isq_s) = (loaded.load_seconds, loaded.isq_seconds);

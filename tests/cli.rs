@@ -250,6 +250,10 @@ fn bad_flag_values_are_rejected() {
         ),
         (vec!["--threads", "0", "gguf", "-f", &g], "threads"),
         (
+            vec!["--topology", "/nonexistent.yml", "gguf", "-f", &g],
+            "cannot read topology file",
+        ),
+        (
             vec!["perplexity", "--file", "/nonexistent", "gguf", "-f", &g],
             "cannot read",
         ),

@@ -192,3 +192,33 @@ fn model_builder_with_isq_stays_close_to_reference() {
     // 8-bit weights and activations: small but non-zero error.
     assert!(err > 0.0 && err < 0.25, "max |Δ| = {err}");
 }
+
+#[test]
+fn topology_overrides_isq_per_layer_and_weight() {
+    let topology =
+        smelt::quant::Topology::parse("0:\n  isq: none\n'/mlp\\.down_proj$/':\n  isq: Q4_1\n")
+            .unwrap();
+    let opts = LoadOptions {
+        isq: Some(smelt::IsqType::Q8_0),
+        topology: Some(topology),
+        ..Default::default()
+    };
+    let engine = Engine::new(smelt::load(&plain("qwen2"), &opts).unwrap()).unwrap();
+    let summary: std::collections::BTreeMap<String, usize> =
+        engine.model.linear_storage_summary().into_iter().collect();
+    // Layer 0: six linears stay f32, its down_proj takes the regex rule; layer 1: six
+    // Q8_0 from --isq, down_proj Q4_1.
+    assert_eq!(summary.get("f32"), Some(&6), "{summary:?}");
+    assert_eq!(summary.get("Q8_0"), Some(&6), "{summary:?}");
+    assert_eq!(summary.get("Q4_1"), Some(&2), "{summary:?}");
+    let past = smelt::quant::Topology::parse("0-5:\n  isq: Q8_0\n").unwrap();
+    let opts = LoadOptions {
+        topology: Some(past),
+        ..Default::default()
+    };
+    let err = smelt::load(&plain("qwen2"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("past the model"), "{err}");
+}

@@ -6,7 +6,7 @@ use super::hub::ModelFiles;
 use super::{LoadOptions, LoadedModel};
 use crate::models::config::Architecture;
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::{GgmlLinear, IsqType, QuantLinear};
+use crate::quant::{GgmlLinear, QuantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -51,7 +51,7 @@ pub fn load(
         n_head: cfg.num_attention_heads,
         n_kv_head: cfg.num_key_value_heads,
         file: gguf,
-        isq: opts.isq,
+        opts: opts.clone(),
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
@@ -182,7 +182,7 @@ struct GgufSource {
     n_head: usize,
     n_kv_head: usize,
     file: GgufFile,
-    isq: Option<IsqType>,
+    opts: LoadOptions,
     device: Device,
     embed_cache: Mutex<Option<Arc<QTensor>>>,
 }
@@ -279,7 +279,7 @@ impl WeightSource for GgufSource {
         };
         let q = self.qtensor(&format!("{g}.weight"), heads)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;
-        match self.isq {
+        match self.opts.isq_for(name) {
             Some(ty) => lin
                 .apply_isq(ty)
                 .with_context(|| format!("quantizing {g}.weight to {ty}")),
@@ -303,7 +303,11 @@ impl WeightSource for GgufSource {
             Some(_) => self.embed_qtensor()?,
             None => Arc::new(self.qtensor(&format!("{}.weight", gguf_name(name)?), None)?),
         };
-        Ok(Arc::new(GgmlLinear::new(q, None)?))
+        let head = GgmlLinear::new(q, None)?;
+        match self.opts.head_isq() {
+            Some(ty) => head.apply_isq(ty),
+            None => Ok(Arc::new(head)),
+        }
     }
 }
 

@@ -33,7 +33,31 @@ pub struct LoadOptions {
     /// Storage dtype for unquantized weights of plain models.
     pub dtype: DType,
     pub isq: Option<IsqType>,
+    /// Per-layer / per-weight overrides of `isq`.
+    pub topology: Option<crate::quant::Topology>,
     pub device: Device,
+}
+
+impl LoadOptions {
+    /// The ISQ type for one linear weight (Hugging Face name without `.weight`).
+    pub fn isq_for(&self, name: &str) -> Option<IsqType> {
+        match &self.topology {
+            Some(t) => t.isq_for(name, self.isq),
+            None => self.isq,
+        }
+    }
+
+    /// The output head keeps its load dtype unless the topology names it (`/lm_head/`).
+    pub fn head_isq(&self) -> Option<IsqType> {
+        self.topology
+            .as_ref()
+            .and_then(|t| t.isq_for("lm_head", None))
+    }
+
+    /// Whether any layer may be quantized (for progress messages).
+    fn any_isq(&self) -> bool {
+        self.isq.is_some() || self.topology.is_some()
+    }
 }
 
 impl Default for LoadOptions {
@@ -41,6 +65,7 @@ impl Default for LoadOptions {
         Self {
             dtype: DType::F32,
             isq: None,
+            topology: None,
             device: Device::Cpu,
         }
     }
@@ -108,8 +133,12 @@ pub(crate) fn finish_load(
     name: String,
     opts: &LoadOptions,
 ) -> Result<LoadedModel> {
+    if let Some(t) = &opts.topology {
+        t.validate(cfg.num_hidden_layers)?;
+    }
     let what = match opts.isq {
         Some(t) => format!("loading + ISQ {t}"),
+        None if opts.any_isq() => "loading + ISQ (topology)".to_string(),
         None => "loading".to_string(),
     };
     Ok(LoadedModel {

@@ -4,7 +4,7 @@ use super::hub::ModelFiles;
 use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
+use crate::quant::{isq, QuantLinear, UnquantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     let src = SafetensorsSource {
         tensors,
         dtype: opts.dtype,
-        isq: opts.isq,
+        opts: opts.clone(),
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
@@ -130,7 +130,7 @@ fn collect_ids(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
 struct SafetensorsSource {
     tensors: SafetensorsFiles,
     dtype: DType,
-    isq: Option<IsqType>,
+    opts: LoadOptions,
     device: Device,
     /// The embedding, kept so a tied output head shares its storage.
     embed_cache: Mutex<Option<Tensor>>,
@@ -166,7 +166,7 @@ impl WeightSource for SafetensorsSource {
             None
         };
         let wname = format!("{name}.weight");
-        match self.isq {
+        match self.opts.isq_for(name) {
             // Quantize straight from the f32 view of this one tensor; it is dropped
             // before the next is read, so full precision never sits in memory whole.
             Some(ty) => isq::quantize_linear(&self.load(&wname, DType::F32)?, bias, ty)
@@ -188,6 +188,10 @@ impl WeightSource for SafetensorsSource {
             Some(embed) => self.embed_tensor(embed)?,
             None => self.load(&format!("{name}.weight"), self.dtype)?,
         };
-        Ok(Arc::new(UnquantLinear::new(w, None)?))
+        match self.opts.head_isq() {
+            // A tied head quantizes a copy; the embedding stays dense.
+            Some(ty) => isq::quantize_linear(&w, None, ty),
+            None => Ok(Arc::new(UnquantLinear::new(w, None)?)),
+        }
     }
 }

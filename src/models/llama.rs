@@ -89,6 +89,8 @@ impl Llama {
             lm_head.shape().1,
             cfg.hidden_size
         );
+        // A tied head quantized apart (topology) has storage of its own.
+        let tied_head = tied && lm_head.size_in_bytes() == embed.size_in_bytes();
         let rope = RotaryEmbedding::new(&cfg, &device)?;
         Ok(Self {
             cfg,
@@ -98,7 +100,7 @@ impl Llama {
             lm_head,
             rope,
             device,
-            tied_head: tied,
+            tied_head,
         })
     }
 
@@ -260,11 +262,7 @@ impl CausalLm for Llama {
     }
 
     fn weights_size_in_bytes(&self) -> usize {
-        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let embed = match &self.embed {
-            Embedding::Dense(t) => dense(t),
-            Embedding::Quantized(q) => q.storage_size_in_bytes(),
-        };
+        let embed = self.embed.size_in_bytes();
         let norms: usize = self
             .blocks
             .iter()

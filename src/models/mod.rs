@@ -44,6 +44,13 @@ impl Embedding {
             Self::Quantized(q) => q.embedding(ids)?,
         })
     }
+    pub fn size_in_bytes(&self) -> usize {
+        match self {
+            Self::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Self::Quantized(q) => q.storage_size_in_bytes(),
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Dense(w) => w.dims()[0],

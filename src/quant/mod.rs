@@ -5,6 +5,7 @@ pub mod ggml;
 pub mod isq;
 pub mod kernels;
 pub mod kquants;
+pub mod topology;
 pub mod unquantized;
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 pub use ggml::GgmlLinear;
 pub use isq::IsqType;
+pub use topology::Topology;
 pub use unquantized::UnquantLinear;
 
 /// One linear layer `y = x Wᵀ (+ b)`, whatever its storage.
