@@ -222,3 +222,42 @@ fn topology_overrides_isq_per_layer_and_weight() {
         .to_string();
     assert!(err.contains("past the model"), "{err}");
 }
+
+#[test]
+fn re_isq_requantizes_from_the_source_weights() {
+    let (tokens, expected) = reference("qwen2");
+    let logits = |engine: &Engine| -> Vec<f32> {
+        let mut s = engine.new_session();
+        engine
+            .model
+            .forward(&tokens, &mut s.cache, 0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let max_err = |got: &[f32]| {
+        got.iter()
+            .zip(expected.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    for spec in [plain("qwen2"), gguf("qwen2")] {
+        let mut engine = load(spec);
+        engine.re_isq(Some(smelt::IsqType::Q4_0)).unwrap();
+        assert_eq!(
+            engine.model.linear_storage_summary(),
+            vec![("Q4_0".to_string(), 14)]
+        );
+        let q4 = max_err(&logits(&engine));
+        assert!(q4 > 1e-3, "Q4_0 must change the logits");
+        engine.re_isq(Some(smelt::IsqType::Q8_0)).unwrap();
+        let q8 = max_err(&logits(&engine));
+        // From the source weights, not from the Q4_0 ones: Q8_0 is far closer.
+        assert!(q8 < q4 / 2.0, "Q8_0 error {q8} vs Q4_0 {q4}");
+        // Back to the load precision: the reference logits again.
+        engine.re_isq(None).unwrap();
+        assert!(max_err(&logits(&engine)) < 2e-3);
+    }
+}

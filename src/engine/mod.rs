@@ -88,6 +88,20 @@ impl Engine {
         })
     }
 
+    /// Re-quantizes the loaded model to `ty` (None: back to the load dtype) from its
+    /// source weights, without reloading. Sessions made before keep working: the KV cache
+    /// does not depend on the weights' storage. A failure leaves the model as it was.
+    pub fn re_isq(&mut self, ty: Option<crate::quant::IsqType>) -> Result<()> {
+        let start = std::time::Instant::now();
+        self.model.re_isq(ty)?;
+        tracing::info!(
+            "re-ISQ to {} in {:.2}s",
+            ty.map_or("the load dtype".to_string(), |t| t.to_string()),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     pub fn new_session(&self) -> Session {
         Session {
             cache: self.model.new_cache(),

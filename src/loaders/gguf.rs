@@ -6,7 +6,7 @@ use super::hub::ModelFiles;
 use super::{LoadOptions, LoadedModel};
 use crate::models::config::Architecture;
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::{GgmlLinear, QuantLinear};
+use crate::quant::{GgmlLinear, IsqType, QuantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -55,7 +55,7 @@ pub fn load(
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
-    super::finish_load(cfg, &src, assets, name, opts)
+    super::finish_load(cfg, Arc::new(src), assets, name, opts)
 }
 
 /// `-f` alone may be a path; with `-m` it names a file inside that directory or repo.
@@ -270,6 +270,14 @@ impl WeightSource for GgufSource {
         gguf_name(name).is_ok_and(|n| self.file.tensor_info(&format!("{n}.weight")).is_some())
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        self.linear_as(name, bias, self.opts.isq_for(name))
+    }
+    fn linear_as(
+        &self,
+        name: &str,
+        bias: bool,
+        isq: Option<IsqType>,
+    ) -> Result<Arc<dyn QuantLinear>> {
         let g = gguf_name(name)?;
         let heads = self.rope_heads(name);
         let bias = if bias {
@@ -279,7 +287,7 @@ impl WeightSource for GgufSource {
         };
         let q = self.qtensor(&format!("{g}.weight"), heads)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;
-        match self.opts.isq_for(name) {
+        match isq {
             Some(ty) => lin
                 .apply_isq(ty)
                 .with_context(|| format!("quantizing {g}.weight to {ty}")),

@@ -128,7 +128,7 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
 /// The common end of every loader: build the model from its weight source.
 pub(crate) fn finish_load(
     cfg: ModelConfig,
-    src: &dyn WeightSource,
+    src: std::sync::Arc<dyn WeightSource>,
     assets: TokenizerAssets,
     name: String,
     opts: &LoadOptions,
@@ -153,7 +153,7 @@ pub(crate) fn finish_load(
 /// Builds the model for `cfg.architecture` from `src`, with a layer progress bar.
 pub(crate) fn build_model(
     cfg: ModelConfig,
-    src: &dyn WeightSource,
+    src: std::sync::Arc<dyn WeightSource>,
     what: &str,
 ) -> Result<Box<dyn CausalLm>> {
     let bar = crate::progress::bar(cfg.num_hidden_layers as u64, what);

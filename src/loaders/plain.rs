@@ -4,7 +4,7 @@ use super::hub::ModelFiles;
 use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::{isq, QuantLinear, UnquantLinear};
+use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
     };
-    super::finish_load(cfg, &src, assets, model_id.to_string(), opts)
+    super::finish_load(cfg, Arc::new(src), assets, model_id.to_string(), opts)
 }
 
 fn safetensor_paths(files: &ModelFiles) -> Result<Vec<PathBuf>> {
@@ -160,13 +160,21 @@ impl WeightSource for SafetensorsSource {
         self.tensors.contains(&format!("{name}.weight"))
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        self.linear_as(name, bias, self.opts.isq_for(name))
+    }
+    fn linear_as(
+        &self,
+        name: &str,
+        bias: bool,
+        isq: Option<IsqType>,
+    ) -> Result<Arc<dyn QuantLinear>> {
         let bias = if bias {
             Some(self.load(&format!("{name}.bias"), DType::F32)?)
         } else {
             None
         };
         let wname = format!("{name}.weight");
-        match self.opts.isq_for(name) {
+        match isq {
             // Quantize straight from the f32 view of this one tensor; it is dropped
             // before the next is read, so full precision never sits in memory whole.
             Some(ty) => isq::quantize_linear(&self.load(&wname, DType::F32)?, bias, ty)

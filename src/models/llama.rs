@@ -41,14 +41,17 @@ pub struct Llama {
     device: Device,
     /// The head shares the embedding's storage (counted once).
     tied_head: bool,
+    /// The weights the model was loaded from, kept for re-quantization.
+    source: Arc<dyn WeightSource>,
 }
 
 impl Llama {
     pub fn load(
         cfg: ModelConfig,
-        src: &dyn WeightSource,
+        source: Arc<dyn WeightSource>,
         progress: &dyn Fn(usize, usize),
     ) -> Result<Self> {
+        let src = source.as_ref();
         let device = src.device().clone();
         let embed = src.embedding("model.embed_tokens")?;
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
@@ -101,6 +104,7 @@ impl Llama {
             rope,
             device,
             tied_head,
+            source,
         })
     }
 
@@ -299,9 +303,27 @@ impl CausalLm for Llama {
         m.into_iter().collect()
     }
 
-    fn apply_isq(&mut self, ty: IsqType) -> Result<()> {
-        for lin in self.linears_mut() {
-            *lin = lin.apply_isq(ty)?;
+    fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()> {
+        // Build every new layer first, so a failure changes nothing.
+        let mut fresh = Vec::with_capacity(self.blocks.len() * 7);
+        for i in 0..self.blocks.len() {
+            for (name, bias) in [
+                ("self_attn.q_proj", self.cfg.qkv_bias),
+                ("self_attn.k_proj", self.cfg.qkv_bias),
+                ("self_attn.v_proj", self.cfg.qkv_bias),
+                ("self_attn.o_proj", false),
+                ("mlp.gate_proj", false),
+                ("mlp.up_proj", false),
+                ("mlp.down_proj", false),
+            ] {
+                fresh.push(
+                    self.source
+                        .linear_as(&format!("model.layers.{i}.{name}"), bias, ty)?,
+                );
+            }
+        }
+        for (slot, new) in self.linears_mut().zip(fresh) {
+            *slot = new;
         }
         Ok(())
     }

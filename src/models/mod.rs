@@ -18,11 +18,19 @@ pub use config::{Architecture, ModelConfig};
 
 /// Where a model's weights come from. Names are Hugging Face's without the `.weight`
 /// suffix (`model.layers.3.self_attn.q_proj`); each loader maps them to its own layout.
-pub trait WeightSource {
+pub trait WeightSource: Send + Sync {
     fn device(&self) -> &Device;
     fn has(&self, name: &str) -> bool;
-    /// A linear layer, with its bias when `bias` is set, quantized as the loader decides.
+    /// A linear layer, with its bias when `bias` is set, quantized as the load options
+    /// (`--isq`, `--topology`) decide.
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>>;
+    /// The same layer read again from the source weights, quantized to `isq` (or dense).
+    fn linear_as(
+        &self,
+        name: &str,
+        bias: bool,
+        isq: Option<IsqType>,
+    ) -> Result<Arc<dyn QuantLinear>>;
     /// A small dense tensor (norm weights) as f32.
     fn dense(&self, name: &str) -> Result<Tensor>;
     fn embedding(&self, name: &str) -> Result<Embedding>;
@@ -77,6 +85,7 @@ pub trait CausalLm: Send + Sync {
     fn decode_bytes_per_token(&self) -> usize;
     /// (storage name, number of linears) for the log line after loading.
     fn linear_storage_summary(&self) -> Vec<(String, usize)>;
-    /// Re-quantize every linear of attention and MLP to `ty` in place.
-    fn apply_isq(&mut self, ty: IsqType) -> Result<()>;
+    /// Re-quantize every linear of attention and MLP to `ty` (None: dense) from the
+    /// source weights, which stay memory-mapped; errors leave the model as it was.
+    fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()>;
 }

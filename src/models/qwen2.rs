@@ -9,7 +9,7 @@ use anyhow::Result;
 
 pub fn load(
     cfg: ModelConfig,
-    src: &dyn WeightSource,
+    src: std::sync::Arc<dyn WeightSource>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Llama> {
     debug_assert_eq!(cfg.architecture, Architecture::Qwen2);
