@@ -20,6 +20,24 @@ fn reference(case: &str) -> (Vec<u32>, Vec<Vec<f32>>) {
     )
 }
 
+/// Largest |logit − reference| over all positions of `case`, prompt run in one batch.
+fn max_error(engine: &Engine, case: &str) -> f32 {
+    let (tokens, expected) = reference(case);
+    let mut s = engine.new_session();
+    let got: Vec<f32> = engine
+        .model
+        .forward(&tokens, &mut s.cache, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    got.iter()
+        .zip(expected.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
 fn load(spec: ModelSpec) -> Engine {
     Engine::new(smelt::load(&spec, &LoadOptions::default()).unwrap()).unwrap()
 }
@@ -100,20 +118,7 @@ fn plain_loads_in_half_precision() {
             ..Default::default()
         };
         let engine = Engine::new(smelt::load(&plain("qwen2"), &opts).unwrap()).unwrap();
-        let (tokens, expected) = reference("qwen2");
-        let mut s = engine.new_session();
-        let got: Vec<Vec<f32>> = engine
-            .model
-            .forward(&tokens, &mut s.cache, 0)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        let err = got
-            .iter()
-            .flatten()
-            .zip(expected.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = max_error(&engine, "qwen2");
         assert!(err < 0.25, "{dtype:?}: max |Δ| = {err}");
     }
 }
@@ -175,20 +180,7 @@ fn model_builder_with_isq_stays_close_to_reference() {
         .linear_storage_summary()
         .iter()
         .any(|(k, _)| k == "Q8_0"));
-    let (tokens, expected) = reference("qwen2");
-    let mut s = engine.new_session();
-    let got: Vec<Vec<f32>> = engine
-        .model
-        .forward(&tokens, &mut s.cache, 0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let err = got
-        .iter()
-        .flatten()
-        .zip(expected.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_error(&engine, "qwen2");
     // 8-bit weights and activations: small but non-zero error.
     assert!(err > 0.0 && err < 0.25, "max |Δ| = {err}");
 }
@@ -225,24 +217,6 @@ fn topology_overrides_isq_per_layer_and_weight() {
 
 #[test]
 fn re_isq_requantizes_from_the_source_weights() {
-    let (tokens, expected) = reference("qwen2");
-    let logits = |engine: &Engine| -> Vec<f32> {
-        let mut s = engine.new_session();
-        engine
-            .model
-            .forward(&tokens, &mut s.cache, 0)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let max_err = |got: &[f32]| {
-        got.iter()
-            .zip(expected.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max)
-    };
     for spec in [plain("qwen2"), gguf("qwen2")] {
         let mut engine = load(spec);
         engine.re_isq(Some(smelt::IsqType::Q4_0)).unwrap();
@@ -250,14 +224,14 @@ fn re_isq_requantizes_from_the_source_weights() {
             engine.model.linear_storage_summary(),
             vec![("Q4_0".to_string(), 14)]
         );
-        let q4 = max_err(&logits(&engine));
+        let q4 = max_error(&engine, "qwen2");
         assert!(q4 > 1e-3, "Q4_0 must change the logits");
         engine.re_isq(Some(smelt::IsqType::Q8_0)).unwrap();
-        let q8 = max_err(&logits(&engine));
+        let q8 = max_error(&engine, "qwen2");
         // From the source weights, not from the Q4_0 ones: Q8_0 is far closer.
         assert!(q8 < q4 / 2.0, "Q8_0 error {q8} vs Q4_0 {q4}");
         // Back to the load precision: the reference logits again.
         engine.re_isq(None).unwrap();
-        assert!(max_err(&logits(&engine)) < 2e-3);
+        assert!(max_error(&engine, "qwen2") < 2e-3);
     }
 }

@@ -227,7 +227,12 @@ impl Attention {
         ops::rope_in_place(&mut q, nh, hd, offset, rope);
         ops::rope_in_place(&mut k, nkv, hd, offset, rope);
         let kv = cache.append(layer, &k, &v);
-        let out = ops::attention(&q, &kv.k, &kv.v, t, offset, nh, nkv, hd);
+        let shape = ops::Heads {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let out = ops::attention(&q, &kv.k, &kv.v, t, offset, shape);
         apply(self.o.as_ref(), out, t)
     }
 }

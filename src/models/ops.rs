@@ -43,20 +43,30 @@ pub fn rope_in_place(
     }
 }
 
+/// Head layout of an attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
 /// Causal attention of `t` new queries (token-major `heads × head_dim`, already roped)
 /// against the cache holding `offset + t` tokens (token-major `kv_heads × head_dim`).
 /// Query i sees keys 0..=offset+i. Output is token-major `heads × head_dim`.
-#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     t: usize,
     offset: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    shape: Heads,
 ) -> Vec<f32> {
+    let Heads {
+        heads,
+        kv_heads,
+        head_dim,
+    } = shape;
     let rep = heads / kv_heads;
     let kv_row = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
@@ -76,7 +86,7 @@ pub fn attention(
         }
     };
     if t >= GEMM_MIN_QUERIES {
-        if let Ok(out) = attention_gemm(q, k, v, t, offset, heads, kv_heads, head_dim) {
+        if let Ok(out) = attention_gemm(q, k, v, t, offset, shape) {
             return out;
         }
     }
@@ -102,18 +112,20 @@ const GEMM_MIN_QUERIES: usize = 16;
 
 /// Prompt attention as two GEMMs per KV head (candle's, SIMD picked at run time), with
 /// the `rep` query heads sharing a KV head stacked so K and V are never copied per head.
-#[allow(clippy::too_many_arguments)]
 fn attention_gemm(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     t: usize,
     offset: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    shape: Heads,
 ) -> candle_core::Result<Vec<f32>> {
     use candle_core::{Device, Tensor};
+    let Heads {
+        heads,
+        kv_heads,
+        head_dim,
+    } = shape;
     let (rep, n, dev) = (heads / kv_heads, offset + t, &Device::Cpu);
     // (t, kv, rep, hd) → (kv, rep·t, hd): row r·t + i is query i of head g·rep + r.
     let qs = Tensor::from_slice(q, (t, kv_heads, rep, head_dim), dev)?
@@ -296,7 +308,18 @@ mod tests {
             .to_vec1()
             .unwrap();
         close(
-            &attention(&q, &k, &v, t, offset, heads, kv_heads, hd),
+            &attention(
+                &q,
+                &k,
+                &v,
+                t,
+                offset,
+                Heads {
+                    heads,
+                    kv_heads,
+                    head_dim: hd,
+                },
+            ),
             &want,
             1e-4,
         );
@@ -325,7 +348,12 @@ mod tests {
         let q = random(t * heads * hd, 8);
         let k = random(n * kv_heads * hd, 9);
         let v = random(n * kv_heads * hd, 10);
-        let gemm = attention_gemm(&q, &k, &v, t, offset, heads, kv_heads, hd).unwrap();
+        let shape = Heads {
+            heads,
+            kv_heads,
+            head_dim: hd,
+        };
+        let gemm = attention_gemm(&q, &k, &v, t, offset, shape).unwrap();
         // One query at a time takes the loop path.
         for i in 0..t {
             let qi = &q[i * heads * hd..(i + 1) * heads * hd];
@@ -335,9 +363,7 @@ mod tests {
                 &v[..(offset + i + 1) * kv_heads * hd],
                 1,
                 offset + i,
-                heads,
-                kv_heads,
-                hd,
+                shape,
             );
             close(&row, &gemm[i * heads * hd..(i + 1) * heads * hd], 1e-4);
         }
