@@ -319,3 +319,42 @@ fn isq_load_peak_memory_stays_near_the_quantized_size() {
         "peak RSS {rss} MiB for {weights} MiB of weights"
     );
 }
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let run = |seed: &str| {
+        let out = smelt(
+            &[
+                "--log",
+                "error",
+                "--temperature",
+                "1.0",
+                "--top-k",
+                "0",
+                "--top-p",
+                "1",
+                "--min-p",
+                "0",
+                "--seed",
+                seed,
+                "--max-tokens",
+                "24",
+                "--prompt",
+                "Once upon a time",
+                "gguf",
+                "-f",
+                &gguf(),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert_eq!(a, b, "same seed, same text");
+    assert_ne!(a, c, "another seed should sample another text");
+}
