@@ -140,9 +140,10 @@ fn attention_gemm(
         .contiguous()?;
     let scores = (qs.matmul(&ks.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
     let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
-    for (row_idx, row) in probs.chunks_exact_mut(n).enumerate() {
-        softmax_causal(row, offset + row_idx % t + 1);
-    }
+    probs
+        .par_chunks_exact_mut(n)
+        .enumerate()
+        .for_each(|(row_idx, row)| softmax_causal(row, offset + row_idx % t + 1));
     let probs = Tensor::from_vec(probs, (kv_heads, rep * t, n), dev)?;
     probs
         .matmul(&vs)?
