@@ -52,7 +52,7 @@ impl ModelFiles {
                 revision: revision.to_string(),
             }),
             Err(e) => bail!(
-                "model `{id}` not found: {looked}; fetching {required} from the Hub failed: {e:#}"
+                "model `{id}` not found: {looked}; fetching {required} from the Hub failed: {e}"
             ),
         }
     }
