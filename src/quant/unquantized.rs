@@ -1,5 +1,6 @@
 //! Dense linear layer in f32, f16 or bf16.
 
+use super::kernels::DenseWeight;
 use super::{add_bias, QuantLinear};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
@@ -33,12 +34,9 @@ impl UnquantLinear {
 const KERNEL_MAX_ROWS: usize = 32;
 
 impl UnquantLinear {
-    /// Decode-sized products of an f32 weight on the CPU through our SIMD kernel.
-    fn forward_f32_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        if self.weight.dtype() != DType::F32
-            || !self.weight.device().is_cpu()
-            || !self.weight.is_contiguous()
-        {
+    /// Decode-sized products of an f32/f16/bf16 weight on the CPU through our SIMD kernel.
+    fn forward_dense_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !self.weight.device().is_cpu() || !self.weight.is_contiguous() {
             return Ok(None);
         }
         let (rows, cols) = self.shape();
@@ -51,8 +49,14 @@ impl UnquantLinear {
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             return Ok(None);
         };
-        let w = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + rows * cols];
-        let y = super::kernels::matmul_f32(w, rows, cols, &xs, m);
+        let range = layout.start_offset()..layout.start_offset() + rows * cols;
+        let weight = match self.weight.dtype() {
+            DType::F32 => DenseWeight::F32(&cpu.as_slice::<f32>()?[range]),
+            DType::F16 => DenseWeight::F16(&cpu.as_slice::<half::f16>()?[range]),
+            DType::BF16 => DenseWeight::BF16(&cpu.as_slice::<half::bf16>()?[range]),
+            _ => return Ok(None),
+        };
+        let y = super::kernels::matmul_dense(weight, rows, cols, &xs, m);
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("rank ≥ 1") = rows;
         Ok(Some(Tensor::from_vec(y, dims, x.device())?))
@@ -61,7 +65,7 @@ impl UnquantLinear {
 
 impl QuantLinear for UnquantLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.forward_f32_kernel(x)? {
+        if let Some(y) = self.forward_dense_kernel(x)? {
             return add_bias(y, self.bias.as_ref());
         }
         let dtype = self.weight.dtype();

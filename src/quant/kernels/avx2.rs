@@ -170,6 +170,48 @@ pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     hsum(_mm256_add_ps(acc0, acc1)) + off0 + off1
 }
 
+/// Eight f16 at `p` widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn widen_f16(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Eight bf16 at `p` widened to f32 (bf16 is the top half of an f32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn widen_bf16(p: *const u16) -> __m256 {
+    let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+    _mm256_castsi256_ps(_mm256_slli_epi32(v, 16))
+}
+
+/// Dot product of a half-precision row (f16 or bf16, 16-bit storage) with f32 `x`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `T` is a 2-byte float; `w` and `x` have the
+/// same length.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_half<T: Copy + Into<f32>, const BF16: bool>(w: &[T], x: &[f32]) -> f32 {
+    // A const parameter, not a function pointer, so the widening inlines.
+    let widen = |p: *const u16| if BF16 { widen_bf16(p) } else { widen_f16(p) };
+    debug_assert_eq!(std::mem::size_of::<T>(), 2);
+    let n = w.len().min(x.len());
+    let (pw, px) = (w.as_ptr() as *const u16, x.as_ptr());
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        a0 = _mm256_fmadd_ps(widen(pw.add(i)), _mm256_loadu_ps(px.add(i)), a0);
+        a1 = _mm256_fmadd_ps(widen(pw.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), a1);
+        i += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(a0, a1));
+    while i < n {
+        s += w[i].into() * x[i];
+        i += 1;
+    }
+    s
+}
+
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a` and `b` have the same length.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -184,23 +184,55 @@ fn rows_in_parallel(rows: usize, m: usize, f: impl Fn(usize, usize) -> f32 + Syn
     out
 }
 
-/// `out[t, n] = Σ_k x[t, k] · W[n, k]` for a dense f32 weight (rows × cols), split by
-/// rows over the kernel pool: the decode path of unquantized layers and heads, which are
-/// bandwidth-bound and gain nothing from a blocked GEMM.
-pub fn matmul_f32(weight: &[f32], rows: usize, cols: usize, x: &[f32], m: usize) -> Vec<f32> {
+/// A dense weight in one of the float formats checkpoints ship.
+#[derive(Clone, Copy)]
+pub enum DenseWeight<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+    BF16(&'a [half::bf16]),
+}
+
+impl DenseWeight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::F16(w) => w.len(),
+            Self::BF16(w) => w.len(),
+        }
+    }
+}
+
+/// `out[t, n] = Σ_k x[t, k] · W[n, k]` for a dense weight (rows × cols), split by rows over
+/// the kernel pool: the decode path of unquantized layers and heads, which are
+/// bandwidth-bound and gain nothing from a blocked GEMM. Half-precision weights are
+/// widened to f32 in registers, never in memory.
+pub fn matmul_dense(
+    weight: DenseWeight,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
     assert_eq!(weight.len(), rows * cols);
     assert_eq!(x.len(), m * cols);
     let isa = isa();
     rows_in_parallel(rows, m, |n, t| {
-        let (w, xt) = (
-            &weight[n * cols..(n + 1) * cols],
-            &x[t * cols..(t + 1) * cols],
-        );
-        match isa {
-            Isa::Scalar => scalar::dot_f32(w, xt),
-            // SAFETY: AVX2/FMA/F16C were detected.
+        let (r, xt) = (n * cols..(n + 1) * cols, &x[t * cols..(t + 1) * cols]);
+        match (isa, weight) {
+            (Isa::Scalar, DenseWeight::F32(w)) => scalar::dot_f32(&w[r], xt),
+            (Isa::Scalar, DenseWeight::F16(w)) => {
+                w[r].iter().zip(xt).map(|(a, b)| a.to_f32() * b).sum()
+            }
+            (Isa::Scalar, DenseWeight::BF16(w)) => {
+                w[r].iter().zip(xt).map(|(a, b)| a.to_f32() * b).sum()
+            }
+            // SAFETY (all three): AVX2/FMA/F16C were detected.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2::dot_f32(w, xt) },
+            (Isa::Avx2, DenseWeight::F32(w)) => unsafe { avx2::dot_f32(&w[r], xt) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, DenseWeight::F16(w)) => unsafe { avx2::dot_half::<_, false>(&w[r], xt) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, DenseWeight::BF16(w)) => unsafe { avx2::dot_half::<_, true>(&w[r], xt) },
         }
     })
 }
@@ -287,19 +319,36 @@ mod tests {
     }
 
     #[test]
-    fn f32_matmul_matches_reference() {
+    fn dense_matmul_matches_reference() {
         let (rows, cols, m) = (33, 200, 2);
         let w = random(rows * cols, 11);
         let x = random(m * cols, 12);
-        let got = matmul_f32(&w, rows, cols, &x, m);
-        for t in 0..m {
-            for n in 0..rows {
-                let want: f32 = (0..cols).map(|k| x[t * cols + k] * w[n * cols + k]).sum();
-                assert!(
-                    (got[t * rows + n] - want).abs() < 1e-3,
-                    "{} vs {want}",
-                    got[t * rows + n]
-                );
+        let w16: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let wb16: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let cases: [(DenseWeight, Vec<f32>); 3] = [
+            (DenseWeight::F32(&w), w.clone()),
+            (
+                DenseWeight::F16(&w16),
+                w16.iter().map(|v| v.to_f32()).collect(),
+            ),
+            (
+                DenseWeight::BF16(&wb16),
+                wb16.iter().map(|v| v.to_f32()).collect(),
+            ),
+        ];
+        for (weight, exact) in cases {
+            let got = matmul_dense(weight, rows, cols, &x, m);
+            for t in 0..m {
+                for n in 0..rows {
+                    let want: f32 = (0..cols)
+                        .map(|k| x[t * cols + k] * exact[n * cols + k])
+                        .sum();
+                    assert!(
+                        (got[t * rows + n] - want).abs() < 1e-3,
+                        "{} vs {want}",
+                        got[t * rows + n]
+                    );
+                }
             }
         }
     }
