@@ -32,13 +32,13 @@ struct Cli {
     #[arg(long, global = true, default_value = "info")]
     log: String,
     /// Interactive chat (the default when no --prompt is given).
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, global = true)]
     interactive: bool,
     /// Run one completion of TEXT, print it, and exit.
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", global = true)]
     prompt: Option<String>,
     /// With --prompt: wrap TEXT in the model's chat template as a user turn.
-    #[arg(long)]
+    #[arg(long, global = true)]
     chat: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -49,32 +49,62 @@ struct Cli {
 #[derive(Args, Clone)]
 struct SamplingArgs {
     /// Most tokens to generate per reply.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, global = true, default_value_t = 512)]
     max_tokens: usize,
     /// 0 is greedy.
-    #[arg(long, default_value_t = 0.7, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.7,
+        allow_negative_numbers = true
+    )]
     temperature: f32,
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.95,
+        allow_negative_numbers = true
+    )]
     top_p: f32,
     /// 0 disables.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, global = true, default_value_t = 40)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.05,
+        allow_negative_numbers = true
+    )]
     min_p: f32,
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     repetition_penalty: f32,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     presence_penalty: f32,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     frequency_penalty: f32,
     /// Seed for reproducible sampling.
-    #[arg(long)]
+    #[arg(long, global = true)]
     seed: Option<u64>,
     /// Stop when this string is generated (repeatable).
-    #[arg(long)]
+    #[arg(long, global = true)]
     stop: Vec<String>,
     /// System prompt for chat.
-    #[arg(long)]
+    #[arg(long, global = true)]
     system: Option<String>,
 }
 
