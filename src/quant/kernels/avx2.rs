@@ -80,7 +80,9 @@ unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) 
                 0.0,
             )
         }
-        BlockKind::Q4K | BlockKind::Q5K => unreachable!("K-quants go through dot_k"),
+        BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+            unreachable!("K-quants go through dot_k")
+        }
     };
     let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, _mm256_set1_epi16(1)));
     (sums, d, offset)
@@ -137,11 +139,58 @@ unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     hsum(_mm256_add_ps(acc0, acc1)) + offset_total
 }
 
+/// Q6_K: per 32-element group, 6-bit codes from a nibble of `ql` and two bits of `qh`,
+/// made signed (q − 32) so the sign trick applies, with one scale per 16 elements: the
+/// low four i32 lanes of `madd` hold elements 0..15, the high four 16..31.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6k(row: &[u8], act: &[Q8Act]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let bias = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (sb, acts) in act.chunks_exact(8).enumerate() {
+        let b = row.as_ptr().add(sb * 210);
+        let d = f16_at(b.add(208));
+        for half in 0..2 {
+            let ql0 = _mm256_loadu_si256(b.add(64 * half) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(b.add(64 * half + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(b.add(128 + 32 * half) as *const __m256i);
+            let sc = b.add(192 + 8 * half) as *const i8;
+            for part in 0..4 {
+                let low = match part {
+                    0 => _mm256_and_si256(ql0, m4),
+                    1 => _mm256_and_si256(ql1, m4),
+                    2 => _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _ => _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                };
+                let shift = _mm_cvtsi32_si128(2 * part as i32);
+                let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), m2);
+                let w = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), bias);
+                let a = &acts[4 * half + part];
+                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w));
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                let da = d * a.d;
+                let scales = _mm256_setr_m128(
+                    _mm_set1_ps(da * *sc.add(2 * part) as f32),
+                    _mm_set1_ps(da * *sc.add(2 * part + 1) as f32),
+                );
+                acc = _mm256_fmadd_ps(scales, sums, acc);
+            }
+        }
+    }
+    hsum(acc)
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds the blocks of `kind` that
 /// `act` (one entry per 32 elements) covers.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if kind == BlockKind::Q6K {
+        return dot_q6k(row, act);
+    }
     if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
         return dot_k(kind, row, act);
     }

@@ -44,6 +44,7 @@ pub enum BlockKind {
     Q8_0,
     Q4K,
     Q5K,
+    Q6K,
 }
 
 impl BlockKind {
@@ -56,6 +57,7 @@ impl BlockKind {
             GgmlDType::Q8_0 => Self::Q8_0,
             GgmlDType::Q4K => Self::Q4K,
             GgmlDType::Q5K => Self::Q5K,
+            GgmlDType::Q6K => Self::Q6K,
             _ => return None,
         })
     }
@@ -69,13 +71,14 @@ impl BlockKind {
             Self::Q8_0 => 34,
             Self::Q4K => 144,
             Self::Q5K => 176,
+            Self::Q6K => 210,
         }
     }
 
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K => 256,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
             _ => BLOCK,
         }
     }
@@ -261,7 +264,7 @@ mod tests {
         test_data(n, seed, 4.0)
     }
 
-    const KINDS: [(BlockKind, GgmlDType); 7] = [
+    const KINDS: [(BlockKind, GgmlDType); 8] = [
         (BlockKind::Q4_0, GgmlDType::Q4_0),
         (BlockKind::Q4_1, GgmlDType::Q4_1),
         (BlockKind::Q5_0, GgmlDType::Q5_0),
@@ -269,6 +272,7 @@ mod tests {
         (BlockKind::Q8_0, GgmlDType::Q8_0),
         (BlockKind::Q4K, GgmlDType::Q4K),
         (BlockKind::Q5K, GgmlDType::Q5K),
+        (BlockKind::Q6K, GgmlDType::Q6K),
     ];
 
     /// Each kernel against a plain f32 product of the dequantized weight (ggml's own

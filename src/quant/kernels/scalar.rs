@@ -51,7 +51,9 @@ fn decode_block(kind: BlockKind, b: &[u8], q: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, 0.0)
         }
-        BlockKind::Q4K | BlockKind::Q5K => unreachable!("K-quants decode per sub-block"),
+        BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+            unreachable!("K-quants decode per sub-block")
+        }
     }
 }
 
@@ -92,7 +94,47 @@ fn decode_k_sub(kind: BlockKind, b: &[u8], i: usize, q: &mut [i32; BLOCK]) -> (f
     (d * sc as f32, -dmin * m as f32)
 }
 
+/// Signed codes (q − 32) of 32-element group `j` (0..8) of a Q6_K super-block and the
+/// two 16-element scales (as d·scale) covering it.
+pub(super) fn decode_q6k_group(b: &[u8], j: usize, q: &mut [i32; BLOCK]) -> (f32, f32) {
+    let (half, part) = (j / 4, j % 4);
+    let ql = &b[64 * half..64 * half + 64];
+    let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+    let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+    let d = f16_at(b, 208);
+    for (l, v) in q.iter_mut().enumerate() {
+        let low = match part {
+            0 => ql[l] & 0x0F,
+            1 => ql[l + 32] & 0x0F,
+            2 => ql[l] >> 4,
+            _ => ql[l + 32] >> 4,
+        };
+        let high = (qh[l] >> (2 * part)) & 3;
+        *v = (low | (high << 4)) as i32 - 32;
+    }
+    (
+        d * sc[2 * part] as i8 as f32,
+        d * sc[2 * part + 1] as i8 as f32,
+    )
+}
+
 pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if kind == BlockKind::Q6K {
+        let mut q = [0i32; BLOCK];
+        let mut total = 0f32;
+        for (b, acts) in row
+            .chunks_exact(kind.block_bytes())
+            .zip(act.chunks_exact(8))
+        {
+            for (j, a) in acts.iter().enumerate() {
+                let (s0, s1) = decode_q6k_group(b, j, &mut q);
+                let half =
+                    |r: std::ops::Range<usize>| -> i32 { r.map(|l| q[l] * a.qs[l] as i32).sum() };
+                total += a.d * (s0 * half(0..16) as f32 + s1 * half(16..32) as f32);
+            }
+        }
+        return total;
+    }
     if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
         let mut q = [0i32; BLOCK];
         let mut total = 0f32;
