@@ -80,8 +80,8 @@ unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) 
                 0.0,
             )
         }
-        BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
-            unreachable!("K-quants go through dot_k")
+        BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+            unreachable!("K-quants go through their own loops")
         }
     };
     let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(codes_dot, _mm256_set1_epi16(1)));
@@ -146,7 +146,6 @@ unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
 unsafe fn dot_q6k(row: &[u8], act: &[Q8Act]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0F);
     let m2 = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
     let bias = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for (sb, acts) in act.chunks_exact(8).enumerate() {
@@ -168,9 +167,7 @@ unsafe fn dot_q6k(row: &[u8], act: &[Q8Act]) -> f32 {
                 let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), m2);
                 let w = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), bias);
                 let a = &acts[4 * half + part];
-                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w));
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                let sums = signed_group(w, a);
                 let da = d * a.d;
                 let scales = _mm256_setr_m128(
                     _mm_set1_ps(da * *sc.add(2 * part) as f32),
@@ -183,11 +180,56 @@ unsafe fn dot_q6k(row: &[u8], act: &[Q8Act]) -> f32 {
     hsum(acc)
 }
 
+/// Σ w·a of a signed 32-code group against its activations, as 8 float lanes: lanes
+/// 0..3 cover elements 0..15, lanes 4..7 elements 16..31 (for per-16 scales).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn signed_group(w: __m256i, a: &Q8Act) -> __m256 {
+    let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(av, w));
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+}
+
+/// Q3_K: two bits per code from `qs`, the high bit from `hmask` (clear means −4), one
+/// scale per 16 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3k(row: &[u8], act: &[Q8Act]) -> f32 {
+    let m2 = _mm256_set1_epi8(3);
+    let four = _mm256_set1_epi8(4);
+    let mut acc = _mm256_setzero_ps();
+    for (sb, acts) in act.chunks_exact(8).enumerate() {
+        let b = row.as_ptr().add(sb * 110);
+        let block = std::slice::from_raw_parts(b, 110);
+        let scales = super::scalar::q3k_scales(&block[96..108]);
+        let d = f16_at(b.add(108));
+        let hmask = _mm256_loadu_si256(b as *const __m256i);
+        for g in 0..8 {
+            let (half, j) = (g / 4, g % 4);
+            let qs = _mm256_loadu_si256(b.add(32 + 32 * half) as *const __m256i);
+            let low = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), m2);
+            let bit = _mm256_set1_epi8(1 << g);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), bit);
+            let w = _mm256_sub_epi8(low, _mm256_andnot_si256(set, four));
+            let a = &acts[g];
+            let da = d * a.d;
+            let sc = _mm256_setr_m128(
+                _mm_set1_ps(da * scales[2 * g] as f32),
+                _mm_set1_ps(da * scales[2 * g + 1] as f32),
+            );
+            acc = _mm256_fmadd_ps(sc, signed_group(w, a), acc);
+        }
+    }
+    hsum(acc)
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds the blocks of `kind` that
 /// `act` (one entry per 32 elements) covers.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if kind == BlockKind::Q3K {
+        return dot_q3k(row, act);
+    }
     if kind == BlockKind::Q6K {
         return dot_q6k(row, act);
     }

@@ -45,6 +45,7 @@ pub enum BlockKind {
     Q4K,
     Q5K,
     Q6K,
+    Q3K,
 }
 
 impl BlockKind {
@@ -58,6 +59,7 @@ impl BlockKind {
             GgmlDType::Q4K => Self::Q4K,
             GgmlDType::Q5K => Self::Q5K,
             GgmlDType::Q6K => Self::Q6K,
+            GgmlDType::Q3K => Self::Q3K,
             _ => return None,
         })
     }
@@ -72,13 +74,14 @@ impl BlockKind {
             Self::Q4K => 144,
             Self::Q5K => 176,
             Self::Q6K => 210,
+            Self::Q3K => 110,
         }
     }
 
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
-            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
             _ => BLOCK,
         }
     }
@@ -264,7 +267,7 @@ mod tests {
         test_data(n, seed, 4.0)
     }
 
-    const KINDS: [(BlockKind, GgmlDType); 8] = [
+    const KINDS: [(BlockKind, GgmlDType); 9] = [
         (BlockKind::Q4_0, GgmlDType::Q4_0),
         (BlockKind::Q4_1, GgmlDType::Q4_1),
         (BlockKind::Q5_0, GgmlDType::Q5_0),
@@ -273,6 +276,7 @@ mod tests {
         (BlockKind::Q4K, GgmlDType::Q4K),
         (BlockKind::Q5K, GgmlDType::Q5K),
         (BlockKind::Q6K, GgmlDType::Q6K),
+        (BlockKind::Q3K, GgmlDType::Q3K),
     ];
 
     /// Each kernel against a plain f32 product of the dequantized weight (ggml's own

@@ -51,7 +51,7 @@ fn decode_block(kind: BlockKind, b: &[u8], q: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, 0.0)
         }
-        BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+        BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
             unreachable!("K-quants decode per sub-block")
         }
     }
@@ -118,22 +118,73 @@ pub(super) fn decode_q6k_group(b: &[u8], j: usize, q: &mut [i32; BLOCK]) -> (f32
     )
 }
 
-pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
-    if kind == BlockKind::Q6K {
-        let mut q = [0i32; BLOCK];
-        let mut total = 0f32;
-        for (b, acts) in row
-            .chunks_exact(kind.block_bytes())
-            .zip(act.chunks_exact(8))
-        {
-            for (j, a) in acts.iter().enumerate() {
-                let (s0, s1) = decode_q6k_group(b, j, &mut q);
-                let half =
-                    |r: std::ops::Range<usize>| -> i32 { r.map(|l| q[l] * a.qs[l] as i32).sum() };
-                total += a.d * (s0 * half(0..16) as f32 + s1 * half(16..32) as f32);
-            }
+/// Q3_K's sixteen 6-bit scales (stored offset by 32), unpacked from their 12 bytes.
+pub(super) fn q3k_scales(packed: &[u8]) -> [i8; 16] {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (a0, a1, tmp) = (word(0), word(1), word(2));
+    let (k1, k2) = (0x0303_0303u32, 0x0f0f_0f0fu32);
+    let aux = [
+        (a0 & k2) | ((tmp & k1) << 4),
+        (a1 & k2) | (((tmp >> 2) & k1) << 4),
+        ((a0 >> 4) & k2) | (((tmp >> 4) & k1) << 4),
+        ((a1 >> 4) & k2) | (((tmp >> 6) & k1) << 4),
+    ];
+    let mut out = [0i8; 16];
+    for (i, w) in aux.iter().enumerate() {
+        for (k, byte) in w.to_le_bytes().iter().enumerate() {
+            out[4 * i + k] = (*byte as i8).wrapping_sub(32);
         }
-        return total;
+    }
+    out
+}
+
+/// Signed codes of 32-element group `g` (0..8) of a Q3_K super-block: two bits from `qs`
+/// and a high bit from `hmask` (clear means −4), with the two 16-element scales (d·scale).
+pub(super) fn decode_q3k_group(b: &[u8], g: usize, q: &mut [i32; BLOCK]) -> (f32, f32) {
+    let (half, j) = (g / 4, g % 4);
+    let (hmask, qs) = (&b[0..32], &b[32 + 32 * half..64 + 32 * half]);
+    let scales = q3k_scales(&b[96..108]);
+    let d = f16_at(b, 108);
+    for (l, v) in q.iter_mut().enumerate() {
+        let low = ((qs[l] >> (2 * j)) & 3) as i32;
+        *v = low - if (hmask[l] >> g) & 1 == 1 { 0 } else { 4 };
+    }
+    (d * scales[2 * g] as f32, d * scales[2 * g + 1] as f32)
+}
+
+/// Decodes group g of a super-block into signed codes; returns its two 16-element scales.
+type GroupDecoder = fn(&[u8], usize, &mut [i32; BLOCK]) -> (f32, f32);
+
+/// Σ over K-quant super-blocks whose 32-element groups carry two 16-element scales.
+fn dot_two_scale(kind: BlockKind, row: &[u8], act: &[Q8Act], decode: GroupDecoder) -> f32 {
+    let mut q = [0i32; BLOCK];
+    let mut total = 0f32;
+    for (b, acts) in row
+        .chunks_exact(kind.block_bytes())
+        .zip(act.chunks_exact(8))
+    {
+        for (g, a) in acts.iter().enumerate() {
+            let (s0, s1) = decode(b, g, &mut q);
+            let half =
+                |r: std::ops::Range<usize>| -> i32 { r.map(|l| q[l] * a.qs[l] as i32).sum() };
+            total += a.d * (s0 * half(0..16) as f32 + s1 * half(16..32) as f32);
+        }
+    }
+    total
+}
+
+pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    match kind {
+        BlockKind::Q3K => return dot_two_scale(kind, row, act, decode_q3k_group),
+        BlockKind::Q6K => return dot_two_scale(kind, row, act, decode_q6k_group),
+        _ => {}
     }
     if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
         let mut q = [0i32; BLOCK];
