@@ -80,7 +80,7 @@ unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) 
                 0.0,
             )
         }
-        BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+        BlockKind::Q2K | BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
             unreachable!("K-quants go through their own loops")
         }
     };
@@ -222,11 +222,48 @@ unsafe fn dot_q3k(row: &[u8], act: &[Q8Act]) -> f32 {
     hsum(acc)
 }
 
+/// Q2_K: unsigned 2-bit codes straight into `maddubs`; the min term needs Σa per 16
+/// elements, which a second `maddubs` against ones provides in the same lane layout.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2k(row: &[u8], act: &[Q8Act]) -> f32 {
+    let m2 = _mm256_set1_epi8(3);
+    let ones8 = _mm256_set1_epi8(1);
+    let ones16 = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (sb, acts) in act.chunks_exact(8).enumerate() {
+        let b = row.as_ptr().add(sb * 84);
+        let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
+        for (g, a) in acts.iter().enumerate() {
+            let (half, j) = (g / 4, g % 4);
+            let qs = _mm256_loadu_si256(b.add(16 + 32 * half) as *const __m256i);
+            let q = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), m2);
+            let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+            let qa = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones16));
+            let sa = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, av), ones16));
+            let (sc0, sc1) = (*b.add(2 * g), *b.add(2 * g + 1));
+            let scale = _mm256_setr_m128(
+                _mm_set1_ps(d * a.d * (sc0 & 0x0F) as f32),
+                _mm_set1_ps(d * a.d * (sc1 & 0x0F) as f32),
+            );
+            let min = _mm256_setr_m128(
+                _mm_set1_ps(dmin * a.d * (sc0 >> 4) as f32),
+                _mm_set1_ps(dmin * a.d * (sc1 >> 4) as f32),
+            );
+            acc = _mm256_fmadd_ps(scale, qa, acc);
+            acc = _mm256_fnmadd_ps(min, sa, acc);
+        }
+    }
+    hsum(acc)
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds the blocks of `kind` that
 /// `act` (one entry per 32 elements) covers.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    if kind == BlockKind::Q2K {
+        return dot_q2k(row, act);
+    }
     if kind == BlockKind::Q3K {
         return dot_q3k(row, act);
     }

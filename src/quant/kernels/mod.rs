@@ -46,6 +46,7 @@ pub enum BlockKind {
     Q5K,
     Q6K,
     Q3K,
+    Q2K,
 }
 
 impl BlockKind {
@@ -60,6 +61,7 @@ impl BlockKind {
             GgmlDType::Q5K => Self::Q5K,
             GgmlDType::Q6K => Self::Q6K,
             GgmlDType::Q3K => Self::Q3K,
+            GgmlDType::Q2K => Self::Q2K,
             _ => return None,
         })
     }
@@ -75,13 +77,14 @@ impl BlockKind {
             Self::Q5K => 176,
             Self::Q6K => 210,
             Self::Q3K => 110,
+            Self::Q2K => 84,
         }
     }
 
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
-            Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            Self::Q2K | Self::Q3K | Self::Q4K | Self::Q5K | Self::Q6K => 256,
             _ => BLOCK,
         }
     }
@@ -267,7 +270,7 @@ mod tests {
         test_data(n, seed, 4.0)
     }
 
-    const KINDS: [(BlockKind, GgmlDType); 9] = [
+    const KINDS: [(BlockKind, GgmlDType); 10] = [
         (BlockKind::Q4_0, GgmlDType::Q4_0),
         (BlockKind::Q4_1, GgmlDType::Q4_1),
         (BlockKind::Q5_0, GgmlDType::Q5_0),
@@ -277,6 +280,7 @@ mod tests {
         (BlockKind::Q5K, GgmlDType::Q5K),
         (BlockKind::Q6K, GgmlDType::Q6K),
         (BlockKind::Q3K, GgmlDType::Q3K),
+        (BlockKind::Q2K, GgmlDType::Q2K),
     ];
 
     /// Each kernel against a plain f32 product of the dequantized weight (ggml's own

@@ -51,7 +51,7 @@ fn decode_block(kind: BlockKind, b: &[u8], q: &mut [i32; BLOCK]) -> (f32, f32) {
             }
             (d, 0.0)
         }
-        BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+        BlockKind::Q2K | BlockKind::Q3K | BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
             unreachable!("K-quants decode per sub-block")
         }
     }
@@ -180,8 +180,35 @@ fn dot_two_scale(kind: BlockKind, row: &[u8], act: &[Q8Act], decode: GroupDecode
     total
 }
 
+/// Q2_K: 2-bit codes, and per 16 elements a 4-bit scale and 4-bit min against f16 `d`
+/// and `dmin`: w = d·sc·q − dmin·m.
+fn dot_q2k(row: &[u8], act: &[Q8Act]) -> f32 {
+    let mut total = 0f32;
+    for (b, acts) in row.chunks_exact(84).zip(act.chunks_exact(8)) {
+        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+        for (g, a) in acts.iter().enumerate() {
+            let (half, j) = (g / 4, g % 4);
+            let qs = &b[16 + 32 * half..48 + 32 * half];
+            for h in 0..2 {
+                let sc = b[2 * g + h];
+                let (mut isum, mut asum) = (0i32, 0i32);
+                let range = 16 * h..16 * h + 16;
+                for (&q, &x) in qs[range.clone()].iter().zip(&a.qs[range]) {
+                    isum += ((q >> (2 * j)) & 3) as i32 * x as i32;
+                    asum += x as i32;
+                }
+                total += a.d
+                    * (d * (sc & 0x0F) as f32 * isum as f32
+                        - dmin * (sc >> 4) as f32 * asum as f32);
+            }
+        }
+    }
+    total
+}
+
 pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     match kind {
+        BlockKind::Q2K => return dot_q2k(row, act),
         BlockKind::Q3K => return dot_two_scale(kind, row, act, decode_q3k_group),
         BlockKind::Q6K => return dot_two_scale(kind, row, act, decode_q6k_group),
         _ => {}
