@@ -6,9 +6,6 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 use std::sync::Arc;
 
-/// From this many input rows on, dequantize once and use the f32 GEMM.
-const DEQUANT_GEMM_MIN_ROWS: usize = 32;
-
 #[derive(Debug, Clone)]
 pub struct GgmlLinear {
     qtensor: Arc<QTensor>,
@@ -41,20 +38,15 @@ impl GgmlLinear {
 
     /// Few-row products (decode) on the CPU through our SIMD kernels, where they cover
     /// the block type; None leaves the work to candle.
-    fn forward_own_kernel(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+    fn forward_own_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let Some(kind) = kernels::BlockKind::from_ggml(self.qtensor.dtype()) else {
             return Ok(None);
         };
-        if rows >= DEQUANT_GEMM_MIN_ROWS || !x.device().is_cpu() {
-            return Ok(None);
-        }
         let (out_features, in_features) = self.shape();
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let weight = self.qtensor.data()?;
-        let y = kernels::matmul(kind, &weight, out_features, in_features, &xs, rows);
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = out_features;
-        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+        Ok(kernels::apply_to_rows(x, out_features, |xs, m| {
+            kernels::matmul(kind, &weight, out_features, in_features, xs, m)
+        })?)
     }
 }
 
@@ -62,9 +54,9 @@ impl QuantLinear for GgmlLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-        let y = if let Some(y) = self.forward_own_kernel(&x, rows)? {
+        let y = if let Some(y) = self.forward_own_kernel(&x)? {
             y
-        } else if rows >= DEQUANT_GEMM_MIN_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
+        } else if rows >= kernels::MAX_KERNEL_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
             // Prompt batches: one dequantization amortised over many rows lets the
             // blocked f32 GEMM run, far faster than a row-by-row quantized dot product.
             let w = self.qtensor.dequantize(&self.qtensor.device())?;

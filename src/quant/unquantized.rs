@@ -30,9 +30,6 @@ impl UnquantLinear {
     }
 }
 
-/// Up to this many input rows, f32 products go through the bandwidth-bound kernel.
-const KERNEL_MAX_ROWS: usize = 32;
-
 impl UnquantLinear {
     /// Decode-sized products of an f32/f16/bf16 weight on the CPU through our SIMD kernel.
     fn forward_dense_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -40,11 +37,6 @@ impl UnquantLinear {
             return Ok(None);
         }
         let (rows, cols) = self.shape();
-        let m = x.elem_count() / cols.max(1);
-        if m == 0 || m >= KERNEL_MAX_ROWS {
-            return Ok(None);
-        }
-        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let (storage, layout) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else {
             return Ok(None);
@@ -56,10 +48,9 @@ impl UnquantLinear {
             DType::BF16 => DenseWeight::BF16(&cpu.as_slice::<half::bf16>()?[range]),
             _ => return Ok(None),
         };
-        let y = super::kernels::matmul_dense(weight, rows, cols, &xs, m);
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().expect("rank ≥ 1") = rows;
-        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+        Ok(super::kernels::apply_to_rows(x, rows, |xs, m| {
+            super::kernels::matmul_dense(weight, rows, cols, xs, m)
+        })?)
     }
 }
 

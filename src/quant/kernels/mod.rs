@@ -125,8 +125,38 @@ pub fn dot_row(isa: Isa, kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     }
 }
 
+/// Below this many input rows (decode, short chat turns) a product goes through these
+/// bandwidth-bound kernels; from it on (prompts) through a blocked f32 GEMM.
+pub const MAX_KERNEL_ROWS: usize = 32;
+
+/// Runs `kernel(x_rows, m)` on a CPU f32 input of any rank when it has fewer than
+/// [`MAX_KERNEL_ROWS`] rows, and shapes the `m × out_features` result like `x`.
+/// None when the input is not kernel-sized or not on the CPU.
+pub fn apply_to_rows(
+    x: &candle_core::Tensor,
+    out_features: usize,
+    kernel: impl FnOnce(&[f32], usize) -> Vec<f32>,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    let cols = x.dim(candle_core::D::Minus1)?;
+    let m = x.elem_count() / cols.max(1);
+    if m == 0 || m >= MAX_KERNEL_ROWS || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let xs: Vec<f32> = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank ≥ 1") = out_features;
+    Ok(Some(candle_core::Tensor::from_vec(
+        kernel(&xs, m),
+        dims,
+        x.device(),
+    )?))
+}
+
 /// `out[t, n] = Σ_k x[t, k] · W[n, k]` for `m` activation rows `x` (m × cols, f32) and a
-/// weight of `rows` × `cols` stored as ggml blocks, split across the rayon pool by rows.
+/// weight of `rows` × `cols` stored as ggml blocks, split across the kernel pool by rows.
 pub fn matmul(
     kind: BlockKind,
     weight: &[u8],
