@@ -3,12 +3,14 @@
 
 use super::config::ModelConfig;
 use super::rope::RotaryEmbedding;
-use super::{ops, CausalLm, Embedding, WeightSource};
-use crate::engine::kv_cache::KvCache;
+use super::{ops, BatchItem, CausalLm, Embedding, WeightSource};
+use crate::quant::kernels;
 use crate::quant::{IsqType, QuantLinear};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 struct Attention {
@@ -159,32 +161,87 @@ impl Block {
         Ok(())
     }
 
-    /// One layer over the residual stream `x` (token-major, t × hidden), in place.
+    /// One layer over the residual stream `x` (token-major rows of every item, hidden
+    /// wide), in place.
     fn forward(
         &self,
         x: &mut [f32],
-        t: usize,
+        batch: &mut Batch,
         cfg: &ModelConfig,
-        rope: &RotaryEmbedding,
-        cache: &mut KvCache,
         layer: usize,
     ) -> Result<()> {
         let eps = cfg.rms_norm_eps as f32;
         let h = ops::rms_norm(x, &self.input_norm, eps);
-        let h = self.attn.forward(h, t, cfg, rope, cache, layer)?;
+        let h = self.attn.forward(h, batch, cfg, layer)?;
         ops::add_in_place(x, &h);
         let h = ops::rms_norm(x, &self.post_attn_norm, eps);
-        let h = self.mlp.forward(h, t)?;
+        let h = self.mlp.forward(h, &batch.groups)?;
         ops::add_in_place(x, &h);
         Ok(())
     }
 }
 
-/// A linear applied to `t` token-major f32 rows.
-fn apply(lin: &dyn QuantLinear, x: Vec<f32>, t: usize) -> Result<Vec<f32>> {
-    let cols = x.len() / t;
-    let y = lin.forward(&Tensor::from_vec(x, (t, cols), &Device::Cpu)?)?;
-    Ok(y.flatten_all()?.to_vec1()?)
+/// The sequences of one forward pass and how their rows go through the linears.
+struct Batch<'i, 'a> {
+    items: &'i mut [BatchItem<'a>],
+    /// Rows (tokens) of each item, in order.
+    lens: Vec<usize>,
+    groups: Vec<Range<usize>>,
+    rope: &'i RotaryEmbedding,
+}
+
+/// Splits rows of consecutive items into the calls a linear gets: a prompt long enough
+/// for the GEMM path goes alone, short ones (decode steps, short turns) are packed up to
+/// the kernel limit. Either way every row is computed exactly as if its sequence ran by
+/// itself, so batching never changes a sequence's output.
+fn row_groups(lens: &[usize]) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut pending: Option<Range<usize>> = None;
+    let mut start = 0;
+    for &t in lens {
+        let rows = start..start + t;
+        if t >= kernels::MAX_KERNEL_ROWS {
+            groups.extend(pending.take());
+            groups.push(rows);
+        } else {
+            match pending.as_mut() {
+                Some(p) if p.len() + t < kernels::MAX_KERNEL_ROWS => p.end = rows.end,
+                _ => groups.extend(pending.replace(rows)),
+            }
+        }
+        start += t;
+    }
+    groups.extend(pending);
+    groups
+}
+
+/// A linear applied to token-major f32 rows, one call per row group.
+fn apply(lin: &dyn QuantLinear, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
+    let rows: usize = groups.iter().map(|g| g.len()).sum();
+    let cols = x.len() / rows.max(1);
+    let run = |x: Vec<f32>, t: usize| -> Result<Vec<f32>> {
+        let y = lin.forward(&Tensor::from_vec(x, (t, cols), &Device::Cpu)?)?;
+        Ok(y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    };
+    if groups.len() == 1 {
+        return run(x, rows);
+    }
+    let mut out = Vec::with_capacity(rows * lin.shape().0);
+    for g in groups {
+        out.extend(run(x[g.start * cols..g.end * cols].to_vec(), g.len())?);
+    }
+    Ok(out)
+}
+
+/// Cuts a token-major buffer into the per-item row blocks.
+fn split_rows<'b>(mut buf: &'b mut [f32], lens: &[usize], row: usize) -> Vec<&'b mut [f32]> {
+    let mut parts = Vec::with_capacity(lens.len());
+    for &t in lens {
+        let (head, rest) = std::mem::take(&mut buf).split_at_mut(t * row);
+        parts.push(head);
+        buf = rest;
+    }
+    parts
 }
 
 fn norm_weight(src: &dyn WeightSource, name: &str, hidden: usize) -> Result<Vec<f32>> {
@@ -198,10 +255,10 @@ fn norm_weight(src: &dyn WeightSource, name: &str, hidden: usize) -> Result<Vec<
 }
 
 impl Mlp {
-    fn forward(&self, x: Vec<f32>, t: usize) -> Result<Vec<f32>> {
-        let up = apply(self.up.as_ref(), x.clone(), t)?;
-        let gate = apply(self.gate.as_ref(), x, t)?;
-        apply(self.down.as_ref(), ops::swiglu(&gate, &up), t)
+    fn forward(&self, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
+        let up = apply(self.up.as_ref(), x.clone(), groups)?;
+        let gate = apply(self.gate.as_ref(), x, groups)?;
+        apply(self.down.as_ref(), ops::swiglu(&gate, &up), groups)
     }
 }
 
@@ -209,10 +266,8 @@ impl Attention {
     fn forward(
         &self,
         x: Vec<f32>,
-        t: usize,
+        batch: &mut Batch,
         cfg: &ModelConfig,
-        rope: &RotaryEmbedding,
-        cache: &mut KvCache,
         layer: usize,
     ) -> Result<Vec<f32>> {
         let (nh, nkv, hd) = (
@@ -220,20 +275,43 @@ impl Attention {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
-        let offset = cache.len();
-        let mut q = apply(self.q.as_ref(), x.clone(), t)?;
-        let mut k = apply(self.k.as_ref(), x.clone(), t)?;
-        let v = apply(self.v.as_ref(), x, t)?;
-        ops::rope_in_place(&mut q, nh, hd, offset, rope);
-        ops::rope_in_place(&mut k, nkv, hd, offset, rope);
-        let kv = cache.append(layer, &k, &v);
+        let groups = &batch.groups;
+        let mut q = apply(self.q.as_ref(), x.clone(), groups)?;
+        let mut k = apply(self.k.as_ref(), x.clone(), groups)?;
+        let mut v = apply(self.v.as_ref(), x, groups)?;
         let shape = ops::Heads {
             heads: nh,
             kv_heads: nkv,
             head_dim: hd,
         };
-        let out = ops::attention(&q, &kv.k, &kv.v, t, offset, shape);
-        apply(self.o.as_ref(), out, t)
+        let rope = batch.rope;
+        // Each sequence attends to its own cache; sequences run in parallel.
+        let per_item =
+            |(item, ((q, k), v)): (&mut BatchItem, ((&mut [f32], &mut [f32]), &mut [f32]))| {
+                let t = q.len() / (nh * hd);
+                let offset = item.cache.len();
+                ops::rope_in_place(q, nh, hd, offset, rope);
+                ops::rope_in_place(k, nkv, hd, offset, rope);
+                item.cache.write(layer, k, v);
+                ops::attention(q, item.cache.view(layer, offset + t), t, offset, shape)
+            };
+        let many = batch.items.len() > 1;
+        let parts = batch.items.iter_mut().zip(
+            split_rows(&mut q, &batch.lens, nh * hd)
+                .into_iter()
+                .zip(split_rows(&mut k, &batch.lens, nkv * hd))
+                .zip(split_rows(&mut v, &batch.lens, nkv * hd)),
+        );
+        let outs: Vec<Vec<f32>> = if many {
+            parts
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(per_item)
+                .collect()
+        } else {
+            parts.map(per_item).collect()
+        };
+        apply(self.o.as_ref(), outs.concat(), groups)
     }
 }
 
@@ -242,32 +320,55 @@ impl CausalLm for Llama {
         &self.cfg
     }
 
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits_from: usize) -> Result<Tensor> {
-        anyhow::ensure!(!tokens.is_empty(), "forward needs at least one token");
-        cache.check_room(tokens.len())?;
-        if let Some(&bad) = tokens
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Tensor>> {
+        anyhow::ensure!(!items.is_empty(), "forward needs at least one sequence");
+        let vocab = self.embed.vocab_size();
+        for item in items.iter_mut() {
+            anyhow::ensure!(!item.tokens.is_empty(), "forward needs at least one token");
+            item.cache.check_room(item.tokens.len())?;
+            if let Some(&bad) = item.tokens.iter().find(|&&t| t as usize >= vocab) {
+                anyhow::bail!("token id {bad} is outside the vocabulary of {vocab}");
+            }
+            item.cache.reserve(item.tokens.len())?;
+        }
+        let lens: Vec<usize> = items.iter().map(|i| i.tokens.len()).collect();
+        let all: Vec<u32> = items
             .iter()
-            .find(|&&t| t as usize >= self.embed.vocab_size())
-        {
-            anyhow::bail!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.embed.vocab_size()
-            );
-        }
-        let ids = Tensor::new(tokens, &self.device)?;
-        let t = tokens.len();
+            .flat_map(|i| i.tokens.iter().copied())
+            .collect();
+        let ids = Tensor::new(all.as_slice(), &self.device)?;
         let mut x: Vec<f32> = self.embed.forward(&ids)?.flatten_all()?.to_vec1()?;
+        let mut batch = Batch {
+            groups: row_groups(&lens),
+            lens,
+            items,
+            rope: &self.rope,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut x, t, &self.cfg, &self.rope, cache, i)?;
+            block.forward(&mut x, &mut batch, &self.cfg, i)?;
         }
-        cache.advance(t);
-        let from = logits_from.min(t - 1);
+        // Logits only for the rows each item asked for.
         let h = self.cfg.hidden_size;
-        let x = ops::rms_norm(&x[from * h..], &self.norm, self.cfg.rms_norm_eps as f32);
-        let logits = self
-            .lm_head
-            .forward(&Tensor::from_vec(x, (t - from, h), &self.device)?)?;
-        Ok(logits.to_dtype(DType::F32)?)
+        let (mut rows, mut kept) = (Vec::new(), Vec::with_capacity(batch.lens.len()));
+        let mut start = 0;
+        for (item, &t) in batch.items.iter_mut().zip(&batch.lens) {
+            item.cache.advance(t);
+            let from = item.logits_from.min(t - 1);
+            rows.extend_from_slice(&x[(start + from) * h..(start + t) * h]);
+            kept.push(t - from);
+            start += t;
+        }
+        let normed = ops::rms_norm(&rows, &self.norm, self.cfg.rms_norm_eps as f32);
+        let logits = apply(self.lm_head.as_ref(), normed, &row_groups(&kept))?;
+        let width = logits.len() / kept.iter().sum::<usize>();
+        let mut out = Vec::with_capacity(kept.len());
+        let mut at = 0;
+        for n in kept {
+            let part = logits[at * width..(at + n) * width].to_vec();
+            out.push(Tensor::from_vec(part, (n, width), &self.device)?);
+            at += n;
+        }
+        Ok(out)
     }
 
     fn weights_size_in_bytes(&self) -> usize {

@@ -7,7 +7,7 @@ pub mod ops;
 pub mod qwen2;
 pub mod rope;
 
-use crate::engine::kv_cache::KvCache;
+use crate::engine::kv_cache::{BlockPool, KvCache};
 use crate::quant::{IsqType, QuantLinear};
 use anyhow::Result;
 use candle_core::quantized::QTensor;
@@ -67,16 +67,51 @@ impl Embedding {
     }
 }
 
+/// One sequence's share of a batched forward pass.
+pub struct BatchItem<'a> {
+    /// New tokens, run after the `cache.len()` tokens already cached.
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    /// Index (within `tokens`) of the first token whose logits come back, clamped so at
+    /// least the last token's row does.
+    pub logits_from: usize,
+}
+
 /// A decoder-only language model.
 pub trait CausalLm: Send + Sync {
     fn config(&self) -> &ModelConfig;
+    /// Runs several sequences in one pass (continuous batching): their rows share every
+    /// weight read, each attends only to its own cache. Returns per item f32 logits
+    /// (rows, vocab). A sequence's results do not depend on what it was batched with.
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Tensor>>;
     /// Runs `tokens` after the `cache.len()` tokens already in the cache, appending to it.
     /// Returns f32 logits (rows, vocab) for the tokens from index `logits_from` on
     /// (clamped so at least the last token's row comes back).
-    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits_from: usize) -> Result<Tensor>;
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits_from: usize) -> Result<Tensor> {
+        let mut items = [BatchItem {
+            tokens,
+            cache,
+            logits_from,
+        }];
+        let mut out = self.forward_batch(&mut items)?;
+        Ok(out.pop().expect("one item in, one out"))
+    }
+    /// A KV block pool for this model holding at most `budget_bytes`.
+    fn block_pool(&self, budget_bytes: usize) -> Arc<BlockPool> {
+        let c = self.config();
+        BlockPool::with_budget_bytes(
+            c.num_hidden_layers,
+            c.num_key_value_heads * c.head_dim,
+            budget_bytes,
+        )
+    }
+    /// A cache on a pool of its own without a budget (single-sequence use).
     fn new_cache(&self) -> KvCache {
         let c = self.config();
-        KvCache::new(c.num_hidden_layers, c.max_position_embeddings)
+        KvCache::new(
+            BlockPool::unbounded(c.num_hidden_layers, c.num_key_value_heads * c.head_dim),
+            c.max_position_embeddings,
+        )
     }
     /// Bytes taken by the weights.
     fn weights_size_in_bytes(&self) -> usize;

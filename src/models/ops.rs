@@ -4,6 +4,7 @@
 //! at decode sizes that overhead was half of every token.
 
 use super::rope::RotaryEmbedding;
+use crate::engine::kv_cache::KvView;
 use rayon::prelude::*;
 
 /// `x / rms(x) · w` over rows of `w.len()` elements.
@@ -54,39 +55,31 @@ pub struct Heads {
 /// Causal attention of `t` new queries (token-major `heads × head_dim`, already roped)
 /// against the cache holding `offset + t` tokens (token-major `kv_heads × head_dim`).
 /// Query i sees keys 0..=offset+i. Output is token-major `heads × head_dim`.
-pub fn attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
-    offset: usize,
-    shape: Heads,
-) -> Vec<f32> {
+pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -> Vec<f32> {
     let Heads {
         heads,
         kv_heads,
         head_dim,
     } = shape;
     let rep = heads / kv_heads;
-    let kv_row = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let one = |i: usize, h: usize, out: &mut [f32], scores: &mut Vec<f32>| {
         let g = h / rep;
         let qh = &q[(i * heads + h) * head_dim..][..head_dim];
         let n = offset + i + 1;
         scores.clear();
-        scores.extend((0..n).map(|j| dot(qh, &k[j * kv_row + g * head_dim..][..head_dim]) * scale));
+        scores.extend((0..n).map(|j| dot(qh, &kv.key(j)[g * head_dim..][..head_dim]) * scale));
         softmax_causal(scores, n);
         out.fill(0.0);
         for (j, &p) in scores.iter().enumerate() {
-            let vj = &v[j * kv_row + g * head_dim..][..head_dim];
+            let vj = &kv.value(j)[g * head_dim..][..head_dim];
             for (o, &x) in out.iter_mut().zip(vj) {
                 *o += p * x;
             }
         }
     };
     if t >= GEMM_MIN_QUERIES {
-        if let Ok(out) = attention_gemm(q, k, v, t, offset, shape) {
+        if let Ok(out) = attention_gemm(q, &kv.gather(false), &kv.gather(true), t, offset, shape) {
             return out;
         }
     }
@@ -202,6 +195,7 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::kv_cache::{BlockPool, KvCache};
     use candle_core::{Device, Tensor};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -308,11 +302,11 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
+        let cache = cache_of(&k, &v, kv_heads * hd);
         close(
             &attention(
                 &q,
-                &k,
-                &v,
+                cache.view(0, n),
                 t,
                 offset,
                 Heads {
@@ -324,6 +318,16 @@ mod tests {
             &want,
             1e-4,
         );
+    }
+
+    /// A one-layer paged cache holding token-major keys and values.
+    fn cache_of(k: &[f32], v: &[f32], kv_row: usize) -> KvCache {
+        let n = k.len() / kv_row;
+        let mut c = KvCache::new(BlockPool::unbounded(1, kv_row), n);
+        c.reserve(n).unwrap();
+        c.write(0, k, v);
+        c.advance(n);
+        c
     }
 
     trait RepeatHeads {
@@ -355,17 +359,11 @@ mod tests {
             head_dim: hd,
         };
         let gemm = attention_gemm(&q, &k, &v, t, offset, shape).unwrap();
+        let cache = cache_of(&k, &v, kv_heads * hd);
         // One query at a time takes the loop path.
         for i in 0..t {
             let qi = &q[i * heads * hd..(i + 1) * heads * hd];
-            let row = attention(
-                qi,
-                &k[..(offset + i + 1) * kv_heads * hd],
-                &v[..(offset + i + 1) * kv_heads * hd],
-                1,
-                offset + i,
-                shape,
-            );
+            let row = attention(qi, cache.view(0, offset + i + 1), 1, offset + i, shape);
             close(&row, &gemm[i * heads * hd..(i + 1) * heads * hd], 1e-4);
         }
     }
