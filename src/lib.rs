@@ -13,6 +13,7 @@ pub mod perplexity;
 pub mod progress;
 pub mod quant;
 pub mod repl;
+pub mod server;
 
 pub use builder::ModelBuilder;
 pub use engine::Engine;

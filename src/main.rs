@@ -42,8 +42,42 @@ struct Cli {
     chat: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The OpenAI-compatible HTTP server (`--port` turns it on).
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Serve the OpenAI-compatible HTTP API on this port instead of chatting.
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// Address to bind.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    host: String,
+    /// Require `Authorization: Bearer KEY` on every route but /health.
+    #[arg(long, global = true, env = "SMELT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Model id reported by /v1/models and expected in requests (default: the model's).
+    #[arg(long, global = true)]
+    served_model_name: Option<String>,
+    /// Most sequences decoded together (continuous batching).
+    #[arg(long, global = true, default_value_t = 16)]
+    max_seqs: usize,
+    /// Memory budget of the paged KV cache, MiB (raised to one full context if smaller).
+    #[arg(long, global = true, default_value_t = 1024)]
+    kv_cache_mb: usize,
+    /// Most requests waiting for a slot; more are refused with HTTP 429.
+    #[arg(long, global = true, default_value_t = 1024)]
+    max_queue: usize,
+    /// Largest request body, KiB.
+    #[arg(long, global = true, default_value_t = 4096)]
+    max_body_kb: usize,
+    /// Seconds running requests may finish after SIGINT/SIGTERM before being cancelled.
+    #[arg(long, global = true, default_value_t = 10)]
+    shutdown_grace: u64,
 }
 
 #[derive(Args, Clone)]
@@ -351,6 +385,27 @@ fn run(cli: Cli) -> Result<()> {
 
 fn chat_or_complete(cli: &Cli, spec: (ModelSpec, DType)) -> Result<()> {
     let (engine, _, _) = load_engine(cli, spec)?;
+    if let Some(port) = cli.server.port {
+        anyhow::ensure!(
+            cli.prompt.is_none() && !cli.interactive,
+            "--port serves HTTP; it cannot be combined with --prompt or -i"
+        );
+        let a = &cli.server;
+        let cfg = smelt::server::ServerConfig {
+            host: a.host.clone(),
+            port,
+            api_key: a.api_key.clone(),
+            served_model_name: a.served_model_name.clone(),
+            body_limit: a.max_body_kb << 10,
+            shutdown_grace: std::time::Duration::from_secs(a.shutdown_grace),
+            scheduler: smelt::engine::scheduler::SchedulerConfig {
+                max_seqs: a.max_seqs,
+                kv_cache_bytes: a.kv_cache_mb << 20,
+                max_queue: a.max_queue,
+            },
+        };
+        return smelt::server::serve(engine, cfg);
+    }
     let sampling = sampling_params(&cli.sampling);
     sampling.validate()?;
     match (&cli.prompt, cli.interactive) {

@@ -3,7 +3,9 @@
 
 pub mod chat_template;
 pub mod kv_cache;
+pub mod metrics;
 pub mod sampling;
+pub mod scheduler;
 pub mod stream;
 
 use crate::loaders::{LoadedModel, TokenizerAssets};

@@ -1,0 +1,190 @@
+//! The OpenAI-compatible HTTP front (axum): a thin layer over the engine's scheduler.
+//! Routes: chat and text completions (JSON or SSE), models, health, re-ISQ, Prometheus
+//! metrics and an OpenAPI description. Every error is OpenAI's error JSON, and no bad
+//! request can stop the server.
+
+mod error;
+mod openapi;
+mod routes;
+mod types;
+
+use crate::engine::scheduler::{SchedulerConfig, SchedulerHandle};
+use crate::engine::Engine;
+use anyhow::{Context, Result};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// When set, every route but /health needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// The model id clients use (default: the loaded model's name).
+    pub served_model_name: Option<String>,
+    /// Largest request body accepted (bytes).
+    pub body_limit: usize,
+    /// How long running requests may finish after SIGINT/SIGTERM before being cancelled.
+    pub shutdown_grace: Duration,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1234,
+            api_key: None,
+            served_model_name: None,
+            body_limit: 4 << 20,
+            shutdown_grace: Duration::from_secs(10),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+pub struct AppState {
+    handle: SchedulerHandle,
+    model_name: String,
+    context_length: usize,
+    created: u64,
+    fingerprint: String,
+    api_key: Option<String>,
+}
+
+/// The router over a running scheduler (also what the tests drive).
+pub fn router(handle: SchedulerHandle, cfg: &ServerConfig) -> Result<Router> {
+    let (model_name, context_length) = {
+        let e = handle
+            .engine
+            .read()
+            .map_err(|_| anyhow::anyhow!("engine lock poisoned"))?;
+        (
+            cfg.served_model_name
+                .clone()
+                .unwrap_or_else(|| e.model_name.clone()),
+            e.context_length(),
+        )
+    };
+    let state = Arc::new(AppState {
+        handle,
+        model_name,
+        context_length,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        fingerprint: format!("smelt-{}", env!("CARGO_PKG_VERSION")),
+        api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
+    });
+    let api = Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/models/{*id}", get(routes::model))
+        .route("/v1/re_isq", post(routes::re_isq))
+        .route("/re_isq", post(routes::re_isq))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route("/health", get(routes::health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state);
+    Ok(api)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
+}
+
+/// API-key check (all routes but /health) and response counting.
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.api_key {
+        let path = req.uri().path();
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if path != "/health" && given != Some(key.as_str()) {
+            st.handle.metrics.count_http(401);
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or incorrect API key: send `Authorization: Bearer <key>`",
+            )
+            .code("invalid_api_key")
+            .into_response();
+        }
+    }
+    let resp = next.run(req).await;
+    st.handle.metrics.count_http(resp.status().as_u16());
+    resp
+}
+
+/// Serves `engine` until SIGINT/SIGTERM, then stops accepting, lets running requests
+/// finish for the grace period and cancels the rest.
+pub fn serve(engine: Engine, cfg: ServerConfig) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let handle = SchedulerHandle::start(engine, cfg.scheduler.clone())?;
+        let app = router(handle.clone(), &cfg)?;
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(
+            "serving the OpenAI API on http://{} (Ctrl-C to stop)",
+            listener.local_addr()?
+        );
+        let grace = cfg.shutdown_grace;
+        let engine_handle = handle.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested: no new connections");
+                // Drain the engine alongside the server's own drain.
+                tokio::spawn(async move { engine_handle.shutdown(grace).await });
+            })
+            .await?;
+        handle.shutdown(grace).await;
+        tracing::info!("server stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

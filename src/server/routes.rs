@@ -1,0 +1,569 @@
+//! Route handlers: parse and check the request, turn it into engine sequences, and shape
+//! the engine's events into OpenAI responses (one JSON body or SSE chunks).
+
+use super::error::{ApiError, ApiResult};
+use super::types::{
+    parse_body, ChatRequest, CompletionRequest, Generation, Prompt, ReIsqRequest,
+};
+use super::AppState;
+use crate::engine::scheduler::{SeqEvent, SeqRequest, SubmitError, TokenLogprob};
+use crate::engine::FinishReason;
+use crate::quant::IsqType;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+type St = State<Arc<AppState>>;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| {
+        let status = e.status();
+        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than the server's limit".to_string()
+        } else {
+            e.body_text()
+        };
+        ApiError::new(status, msg)
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn model_card(st: &AppState) -> Value {
+    json!({
+        "id": st.model_name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "smelt",
+        "max_model_len": st.context_length,
+    })
+}
+
+pub async fn models(State(st): St) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_card(&st)]}))
+}
+
+pub async fn model(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    st.check_model(Some(&id))?;
+    Ok(Json(model_card(&st)))
+}
+
+pub async fn metrics(State(st): St) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.handle.metrics.render(&st.model_name),
+    )
+}
+
+pub async fn re_isq(State(st): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let req: ReIsqRequest = parse_body(&body_bytes(body)?)?;
+    let ty = match req.ggml_type.as_deref().map(str::trim) {
+        None | Some("none") | Some("") => None,
+        Some(name) => Some(name.parse::<IsqType>().map_err(|e| {
+            ApiError::invalid("ggml_type", format!("{e:#}")).code("invalid_isq_type")
+        })?),
+    };
+    let start = std::time::Instant::now();
+    st.handle
+        .re_isq(ty)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(json!({
+        "status": "ok",
+        "ggml_type": ty.map(|t| t.to_string()),
+        "seconds": start.elapsed().as_secs_f64(),
+    })))
+}
+
+/// One request's sequences: a prompt each, `n` choices per prompt.
+struct Job {
+    prompts: Vec<Vec<u32>>,
+    gen: Generation,
+    logprobs: Option<usize>,
+}
+
+/// A submitted choice.
+struct Choice {
+    index: usize,
+    prompt: usize,
+    events: mpsc::UnboundedReceiver<SeqEvent>,
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Invalid(msg) => {
+            let code = msg.contains("context").then_some("context_length_exceeded");
+            let mut err = ApiError::new(StatusCode::BAD_REQUEST, msg);
+            err.code = code;
+            err
+        }
+        SubmitError::QueueFull(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()).code("queue_full")
+        }
+        SubmitError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+impl AppState {
+    fn check_model(&self, model: Option<&str>) -> ApiResult<()> {
+        match model {
+            Some(m) if !m.is_empty() && m != self.model_name => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "the model `{m}` does not exist; this server serves `{}`",
+                    self.model_name
+                ),
+            )
+            .param("model")
+            .code("model_not_found")),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_prompt(&self, tokens: &[u32], param: &str) -> ApiResult<()> {
+        if tokens.is_empty() {
+            return Err(ApiError::invalid(param, "the prompt is empty"));
+        }
+        if tokens.len() >= self.context_length {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "this model's maximum context length is {} tokens, but the prompt is {} tokens",
+                    self.context_length,
+                    tokens.len()
+                ),
+            )
+            .code("context_length_exceeded"));
+        }
+        Ok(())
+    }
+
+    fn submit(&self, job: &Job) -> ApiResult<Vec<Choice>> {
+        let mut choices = Vec::new();
+        for (p, prompt) in job.prompts.iter().enumerate() {
+            for j in 0..job.gen.n {
+                let mut sampling = job.gen.sampling.clone();
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(j as u64));
+                let room = self.context_length - prompt.len();
+                let req = SeqRequest {
+                    prompt_tokens: prompt.clone(),
+                    max_tokens: job.gen.max_tokens.unwrap_or(room).min(room),
+                    sampling,
+                    stop: job.gen.stop.clone(),
+                    logprobs: job.logprobs,
+                };
+                let events = self.handle.submit(req).map_err(submit_error)?;
+                choices.push(Choice {
+                    index: p * job.gen.n + j,
+                    prompt: p,
+                    events,
+                });
+            }
+        }
+        Ok(choices)
+    }
+
+    fn engine(&self) -> ApiResult<std::sync::RwLockReadGuard<'_, crate::engine::Engine>> {
+        self.handle
+            .engine
+            .read()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the engine failed"))
+    }
+}
+
+/// Everything a finished choice produced.
+#[derive(Default)]
+struct Collected {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    completion_tokens: usize,
+}
+
+async fn collect(choice: &mut Choice) -> ApiResult<Collected> {
+    let mut out = Collected::default();
+    while let Some(ev) = choice.events.recv().await {
+        match ev {
+            SeqEvent::Text { text, logprobs } => {
+                out.text.push_str(&text);
+                out.logprobs.extend(logprobs);
+            }
+            SeqEvent::Done {
+                finish_reason,
+                completion_tokens,
+                ..
+            } => {
+                out.finish = Some(finish_reason);
+                out.completion_tokens = completion_tokens;
+                return Ok(out);
+            }
+            SeqEvent::Error(e) => {
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e));
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the engine stopped before the reply was complete",
+    ))
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, logprob: f32| {
+        json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+    };
+    json!({
+        "content": lps.iter().map(|l| {
+            let mut e = entry(&l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|(t, p)| entry(t, *p)).collect();
+            e
+        }).collect::<Vec<_>>()
+    })
+}
+
+/// The legacy completions logprobs object; `offset` is where this text starts.
+fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut text_offset = Vec::with_capacity(lps.len());
+    for l in lps {
+        text_offset.push(offset);
+        offset += l.token.len();
+    }
+    json!({
+        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|l| {
+            l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()
+        }).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+pub async fn chat_completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
+    match chat_inner(st, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let req: ChatRequest = parse_body(&body_bytes(body)?)?;
+    if let Some(user) = &req.common.user {
+        tracing::debug!("chat request from user `{user}`");
+    }
+    st.check_model(req.common.model.as_deref())?;
+    let (max, param) = match req.max_completion_tokens {
+        Some(m) => (Some(m), "max_completion_tokens"),
+        None => (req.common.max_tokens, "max_tokens"),
+    };
+    let gen = req.common.generation(max, param)?;
+    let logprobs = req.logprobs()?;
+    let messages = req.chat_messages()?;
+    let prompt = {
+        let engine = st.engine()?;
+        engine
+            .chat_tokens(&messages)
+            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?
+    };
+    st.check_prompt(&prompt, "messages")?;
+    let prompt_tokens = prompt.len();
+    let job = Job {
+        prompts: vec![prompt],
+        gen,
+        logprobs,
+    };
+    let choices = st.submit(&job)?;
+    let (id, created) = (new_id("chatcmpl"), now_secs());
+    if job.gen.stream {
+        return Ok(stream_response(
+            StreamShape::Chat,
+            st.clone(),
+            id,
+            created,
+            choices,
+            vec![prompt_tokens],
+            job.gen.include_usage,
+        ));
+    }
+    let mut out = Vec::new();
+    let mut completion_tokens = 0;
+    for mut c in choices {
+        let got = collect(&mut c).await?;
+        completion_tokens += got.completion_tokens;
+        out.push(json!({
+            "index": c.index,
+            "message": {"role": "assistant", "content": got.text},
+            "logprobs": logprobs.map(|_| chat_logprobs(&got.logprobs)),
+            "finish_reason": got.finish.map(|f| f.as_str()),
+        }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": st.model_name,
+        "system_fingerprint": st.fingerprint,
+        "choices": out,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+pub async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
+    match completions_inner(st, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions_inner(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
+    if let Some(user) = &req.common.user {
+        tracing::debug!("completion request from user `{user}`");
+    }
+    st.check_model(req.common.model.as_deref())?;
+    let gen = req.common.generation(req.common.max_tokens, "max_tokens")?;
+    let logprobs = req.logprobs()?;
+    let echo = req.echo.unwrap_or(false);
+    let mut prompts = Vec::new();
+    let mut prompt_texts = Vec::new();
+    {
+        let engine = st.engine()?;
+        for p in req.prompt.into_prompts()? {
+            let (tokens, text) = match p {
+                Prompt::Text(t) => (
+                    engine
+                        .tokenize(&t, true)
+                        .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
+                    t,
+                ),
+                Prompt::Tokens(ids) => {
+                    let vocab = engine.model.config().vocab_size;
+                    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+                        return Err(ApiError::invalid(
+                            "prompt",
+                            format!("token id {bad} is outside the vocabulary of {vocab}"),
+                        ));
+                    }
+                    let text = engine.detokenize(&ids).unwrap_or_default();
+                    (ids, text)
+                }
+            };
+            prompts.push(tokens);
+            prompt_texts.push(text);
+        }
+    }
+    for p in &prompts {
+        st.check_prompt(p, "prompt")?;
+    }
+    let prompt_lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let job = Job {
+        prompts,
+        gen,
+        logprobs,
+    };
+    let choices = st.submit(&job)?;
+    let (id, created) = (new_id("cmpl"), now_secs());
+    if job.gen.stream {
+        let shape = StreamShape::Completion {
+            echo: echo.then_some(prompt_texts),
+        };
+        return Ok(stream_response(
+            shape,
+            st.clone(),
+            id,
+            created,
+            choices,
+            prompt_lens,
+            job.gen.include_usage,
+        ));
+    }
+    let mut out = Vec::new();
+    let mut completion_tokens = 0;
+    for mut c in choices {
+        let got = collect(&mut c).await?;
+        completion_tokens += got.completion_tokens;
+        let prefix = if echo { prompt_texts[c.prompt].as_str() } else { "" };
+        out.push(json!({
+            "index": c.index,
+            "text": format!("{prefix}{}", got.text),
+            "logprobs": logprobs.map(|_| completion_logprobs(&got.logprobs, prefix.len())),
+            "finish_reason": got.finish.map(|f| f.as_str()),
+        }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": st.model_name,
+        "system_fingerprint": st.fingerprint,
+        "choices": out,
+        "usage": usage(prompt_lens.iter().sum(), completion_tokens),
+    }))
+    .into_response())
+}
+
+enum StreamShape {
+    Chat,
+    /// Some(prompt texts) when the prompt is echoed first.
+    Completion { echo: Option<Vec<String>> },
+}
+
+/// Streams the choices as SSE chunks from a task that ends (dropping the engine's
+/// receivers, which cancels the sequences) as soon as the client goes away.
+fn stream_response(
+    shape: StreamShape,
+    st: Arc<AppState>,
+    id: String,
+    created: u64,
+    choices: Vec<Choice>,
+    prompt_lens: Vec<usize>,
+    include_usage: bool,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let chunk = |choices: Value, usage: Option<Value>| {
+            let object = match shape {
+                StreamShape::Chat => "chat.completion.chunk",
+                StreamShape::Completion { .. } => "text_completion",
+            };
+            let mut c = json!({
+                "id": id,
+                "object": object,
+                "created": created,
+                "model": st.model_name,
+                "system_fingerprint": st.fingerprint,
+                "choices": choices,
+            });
+            if include_usage {
+                c["usage"] = usage.unwrap_or(Value::Null);
+            }
+            Event::default().data(c.to_string())
+        };
+        let piece = |index: usize, text: &str, lps: &[TokenLogprob], offset: usize, finish: Option<&str>| {
+            match &shape {
+                StreamShape::Chat => {
+                    let delta = if finish.is_some() && text.is_empty() {
+                        json!({})
+                    } else {
+                        json!({"content": text})
+                    };
+                    json!([{
+                        "index": index,
+                        "delta": delta,
+                        "logprobs": (!lps.is_empty()).then(|| chat_logprobs(lps)),
+                        "finish_reason": finish,
+                    }])
+                }
+                StreamShape::Completion { .. } => json!([{
+                    "index": index,
+                    "text": text,
+                    "logprobs": (!lps.is_empty()).then(|| completion_logprobs(lps, offset)),
+                    "finish_reason": finish,
+                }]),
+            }
+        };
+        // Opening chunks: the assistant role (chat) or the echoed prompt.
+        for c in &choices {
+            let first = match &shape {
+                StreamShape::Chat => json!([{
+                    "index": c.index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null,
+                    "finish_reason": null,
+                }]),
+                StreamShape::Completion { echo: Some(texts) } => {
+                    piece(c.index, &texts[c.prompt], &[], 0, None)
+                }
+                StreamShape::Completion { echo: None } => continue,
+            };
+            if tx.send(chunk(first, None)).await.is_err() {
+                return;
+            }
+        }
+        let mut offsets = vec![0usize; choices.len()];
+        let mut completion_tokens = 0;
+        let mut streams: futures_util::stream::SelectAll<_> = choices
+            .into_iter()
+            .enumerate()
+            .map(|(slot, c)| {
+                futures_util::stream::unfold(c, move |mut c| async move {
+                    let ev = c.events.recv().await?;
+                    Some(((slot, c.index, ev), c))
+                })
+                .boxed()
+            })
+            .collect();
+        use futures_util::StreamExt;
+        loop {
+            let next = tokio::select! {
+                ev = streams.next() => ev,
+                _ = tx.closed() => return,
+            };
+            let Some((slot, index, ev)) = next else { break };
+            let out = match ev {
+                SeqEvent::Text { text, logprobs } => {
+                    let c = chunk(piece(index, &text, &logprobs, offsets[slot], None), None);
+                    offsets[slot] += text.len();
+                    c
+                }
+                SeqEvent::Done {
+                    finish_reason,
+                    completion_tokens: n,
+                    ..
+                } => {
+                    completion_tokens += n;
+                    chunk(piece(index, "", &[], offsets[slot], Some(finish_reason.as_str())), None)
+                }
+                SeqEvent::Error(e) => Event::default().data(
+                    json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
+                        .to_string(),
+                ),
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+        if include_usage {
+            let u = usage(prompt_lens.iter().sum(), completion_tokens);
+            if tx.send(chunk(json!([]), Some(u))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
+    });
+    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+}
