@@ -60,3 +60,11 @@ fi
 
 log "plain copy: $REPO_DIR/snapshots/$(cat "$REPO_DIR/refs/main")"
 echo "$GGUF"
+
+# The `openai` Python client for the server's client tests (tests/openai_client.rs).
+VENV="$CACHE/venv"
+if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
+  log "installing the openai client into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "openai==2.54.0"
+fi

@@ -195,8 +195,12 @@ mod tests {
         m.observe_ttft(2.0);
         let text = m.render("x");
         assert!(text.contains("smelt_requests_received_total{model=\"x\"} 3"));
-        assert!(text.contains("smelt_time_to_first_token_seconds_bucket{model=\"x\",le=\"0.05\"} 1"));
-        assert!(text.contains("smelt_time_to_first_token_seconds_bucket{model=\"x\",le=\"+Inf\"} 2"));
+        assert!(
+            text.contains("smelt_time_to_first_token_seconds_bucket{model=\"x\",le=\"0.05\"} 1")
+        );
+        assert!(
+            text.contains("smelt_time_to_first_token_seconds_bucket{model=\"x\",le=\"+Inf\"} 2")
+        );
         assert!(text.contains("smelt_time_to_first_token_seconds_count{model=\"x\"} 2"));
         assert!(text.contains("# TYPE smelt_queue_depth gauge"));
     }

@@ -293,7 +293,9 @@ impl Worker {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(req, events, arrived) => {
-                self.metrics.requests_received.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .requests_received
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.shutdown.is_some() {
                     let _ = events.send(SeqEvent::Error("the server is shutting down".into()));
                     return;
@@ -514,7 +516,8 @@ impl Worker {
         let m = &self.metrics;
         m.queue_depth
             .store(self.waiting.len() as u64, Ordering::Relaxed);
-        m.running.store(self.running.len() as u64, Ordering::Relaxed);
+        m.running
+            .store(self.running.len() as u64, Ordering::Relaxed);
         m.kv_blocks_used
             .store(self.pool.used() as u64, Ordering::Relaxed);
     }
@@ -560,7 +563,10 @@ fn advance(
         seq.logprobs.push(TokenLogprob {
             token: piece(next),
             logprob: lp[next as usize],
-            top: order.iter().map(|&id| (piece(id), lp[id as usize])).collect(),
+            top: order
+                .iter()
+                .map(|&id| (piece(id), lp[id as usize]))
+                .collect(),
         });
     }
     let piece = seq.text.push(tok, next)?;

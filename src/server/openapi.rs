@@ -60,7 +60,8 @@ fn sampling_properties() -> Value {
 
 pub fn spec() -> Value {
     let mut chat_props = sampling_properties();
-    chat_props["messages"] = json!({"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Message"}});
+    chat_props["messages"] =
+        json!({"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Message"}});
     chat_props["max_completion_tokens"] = json!({"type": "integer", "minimum": 1});
     chat_props["logprobs"] = json!({"type": "boolean"});
     chat_props["top_logprobs"] = json!({"type": "integer", "minimum": 0, "maximum": 20});
@@ -73,9 +74,7 @@ pub fn spec() -> Value {
     ]});
     completion_props["logprobs"] = json!({"type": "integer", "minimum": 0, "maximum": 5});
     completion_props["echo"] = json!({"type": "boolean"});
-    let get_op = |summary: &str, content_type: &str| {
-        json!({"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {content_type: {"schema": {"type": if content_type == "application/json" {"object"} else {"string"}}}}}}}})
-    };
+    let get_op = |summary: &str, content_type: &str| json!({"get": {"summary": summary, "responses": {"200": {"description": "OK", "content": {content_type: {"schema": {"type": if content_type == "application/json" {"object"} else {"string"}}}}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {

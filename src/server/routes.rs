@@ -2,9 +2,7 @@
 //! the engine's events into OpenAI responses (one JSON body or SSE chunks).
 
 use super::error::{ApiError, ApiResult};
-use super::types::{
-    parse_body, ChatRequest, CompletionRequest, Generation, Prompt, ReIsqRequest,
-};
+use super::types::{parse_body, ChatRequest, CompletionRequest, Generation, Prompt, ReIsqRequest};
 use super::AppState;
 use crate::engine::scheduler::{SeqEvent, SeqRequest, SubmitError, TokenLogprob};
 use crate::engine::FinishReason;
@@ -237,9 +235,7 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
 }
 
 fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
-    let entry = |token: &str, logprob: f32| {
-        json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
-    };
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
     json!({
         "content": lps.iter().map(|l| {
             let mut e = entry(&l.token, l.logprob);
@@ -413,7 +409,11 @@ async fn completions_inner(
     for mut c in choices {
         let got = collect(&mut c).await?;
         completion_tokens += got.completion_tokens;
-        let prefix = if echo { prompt_texts[c.prompt].as_str() } else { "" };
+        let prefix = if echo {
+            prompt_texts[c.prompt].as_str()
+        } else {
+            ""
+        };
         out.push(json!({
             "index": c.index,
             "text": format!("{prefix}{}", got.text),
@@ -436,7 +436,9 @@ async fn completions_inner(
 enum StreamShape {
     Chat,
     /// Some(prompt texts) when the prompt is echoed first.
-    Completion { echo: Option<Vec<String>> },
+    Completion {
+        echo: Option<Vec<String>>,
+    },
 }
 
 /// Streams the choices as SSE chunks from a task that ends (dropping the engine's
@@ -470,7 +472,11 @@ fn stream_response(
             }
             Event::default().data(c.to_string())
         };
-        let piece = |index: usize, text: &str, lps: &[TokenLogprob], offset: usize, finish: Option<&str>| {
+        let piece = |index: usize,
+                     text: &str,
+                     lps: &[TokenLogprob],
+                     offset: usize,
+                     finish: Option<&str>| {
             match &shape {
                 StreamShape::Chat => {
                     let delta = if finish.is_some() && text.is_empty() {
@@ -565,5 +571,7 @@ fn stream_response(
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
     });
-    Sse::new(body).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -243,11 +243,7 @@ impl CommonFields {
             }
             logit_bias.insert(id, v);
         }
-        let stop = self
-            .stop
-            .as_ref()
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
+        let stop = self.stop.as_ref().map(|s| s.to_vec()).unwrap_or_default();
         if stop.len() > 16 {
             return Err(ApiError::invalid("stop", "at most 16 stop sequences"));
         }
@@ -289,7 +285,10 @@ impl ChatRequest {
     /// The chat as template input. Text parts are joined; other part types are refused.
     pub fn chat_messages(&self) -> ApiResult<Vec<ChatMessage>> {
         if self.messages.is_empty() {
-            return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
         }
         self.messages
             .iter()

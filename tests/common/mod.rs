@@ -1,6 +1,8 @@
 //! Shared helpers for tests on the real test model (fetched by scripts/fetch-test-models.sh).
 #![allow(dead_code)]
 
+pub mod http;
+
 use smelt::engine::Engine;
 use smelt::loaders::{LoadOptions, ModelSpec};
 use std::path::PathBuf;

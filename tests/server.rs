@@ -1,0 +1,368 @@
+//! The HTTP server and its continuous-batching scheduler, in process on the real test
+//! model: concurrent streams give exactly their one-at-a-time outputs, a client that
+//! disconnects frees its sequence and KV blocks at once, bad requests get OpenAI error
+//! JSON and leave the server serving, and a KV budget too small for the load makes
+//! requests queue (and sequences get preempted) without any failing.
+
+mod common;
+
+use common::http::{self, next_chunk, read_head, send, sse_data};
+use common::*;
+use serde_json::json;
+use smelt::engine::scheduler::{SchedulerConfig, SchedulerHandle, SeqEvent, SeqRequest};
+use smelt::engine::Engine;
+use smelt::server::{router, ServerConfig};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Starts a server for `engine` on a free loopback port; it lives until the test ends.
+fn start(engine: Engine, cfg: ServerConfig) -> (SocketAddr, SchedulerHandle) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let handle = SchedulerHandle::start(engine, cfg.scheduler.clone()).unwrap();
+            let app = router(handle.clone(), &cfg).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send((listener.local_addr().unwrap(), handle)).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let body = http::get(addr, "/metrics").body;
+    body.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
+}
+
+fn chat_body(prompt: &str, max_tokens: usize, stream: bool) -> serde_json::Value {
+    json!({
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    })
+}
+
+/// The streamed text of one chat completion.
+fn stream_text(addr: SocketAddr, body: &serde_json::Value) -> String {
+    let r = http::post(addr, "/v1/chat/completions", body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let data = sse_data(&r.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let mut text = String::new();
+    for d in &data[..data.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+const PROMPTS: [&str; 16] = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Name three primary colors.",
+    "How do I boil an egg?",
+    "What is 12 times 12?",
+    "Say hello in Spanish.",
+    "Who wrote Romeo and Juliet?",
+    "Give me a synonym for happy.",
+    "What is photosynthesis?",
+    "Tell me a short joke.",
+    "What does a CPU do?",
+    "List two fruits that are red.",
+    "Why is the sky blue?",
+    "What is the boiling point of water?",
+    "Translate 'thank you' into French.",
+    "Describe a cat in one sentence.",
+];
+
+#[test]
+fn concurrent_streams_equal_one_at_a_time_and_disconnects_free_blocks() {
+    let (addr, _handle) = start(engine(&gguf_spec()), ServerConfig::default());
+    let max_tokens = 24;
+    // Sixteen clients at once (prompts of different lengths join and leave the batch).
+    let threads: Vec<_> = PROMPTS
+        .iter()
+        .map(|p| {
+            let body = chat_body(p, max_tokens, true);
+            std::thread::spawn(move || stream_text(addr, &body))
+        })
+        .collect();
+    let together: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (p, got) in PROMPTS.iter().zip(&together) {
+        let alone = stream_text(addr, &chat_body(p, max_tokens, true));
+        assert_eq!(
+            got, &alone,
+            "prompt {p:?}: batched output differs from its solo run"
+        );
+        assert!(!alone.is_empty());
+    }
+    assert_eq!(metric(addr, "smelt_kv_cache_blocks_used"), 0.0);
+
+    // A client that goes away mid-stream: its sequence and blocks are freed at once.
+    let cancelled_before = metric(addr, "smelt_requests_finished_total{model=\"SmolLM2-135M-Instruct.Q4_1.gguf\",reason=\"cancelled\"}");
+    let mut body = chat_body("Write a very long story about a dragon.", 4000, true);
+    body["logit_bias"] = json!({"2": -100}); // no EOS: it would run for minutes
+    let mut conn = send(addr, "POST", "/v1/chat/completions", &body.to_string(), &[]);
+    let (status, _) = read_head(&mut conn);
+    assert_eq!(status, 200);
+    for _ in 0..5 {
+        assert!(next_chunk(&mut conn).is_some());
+    }
+    assert!(metric(addr, "smelt_kv_cache_blocks_used") > 0.0);
+    drop(conn);
+    let start = Instant::now();
+    while metric(addr, "smelt_running_sequences") > 0.0
+        || metric(addr, "smelt_kv_cache_blocks_used") > 0.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "sequence not freed after disconnect"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cancelled = metric(addr, "smelt_requests_finished_total{model=\"SmolLM2-135M-Instruct.Q4_1.gguf\",reason=\"cancelled\"}");
+    assert_eq!(cancelled, cancelled_before + 1.0);
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let cfg = ServerConfig {
+        body_limit: 64 << 10,
+        api_key: Some("sekret".into()),
+        ..Default::default()
+    };
+    let (addr, _handle) = start(engine(&gguf_spec()), cfg);
+    let auth = [("Authorization", "Bearer sekret")];
+    let call = |path: &str, body: &str| http::request(addr, "POST", path, body, &auth);
+    let long_prompt = "word ".repeat(20000); // 100 KB, over the 64 KiB limit
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "/v1/chat/completions",
+            "{not json".into(),
+            400,
+            "invalid_json",
+        ),
+        ("/v1/chat/completions", "[1, 2]".into(), 400, ""),
+        (
+            "/v1/chat/completions",
+            json!({"messages": "hi"}).to_string(),
+            422,
+            "invalid_type",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"})
+                .to_string(),
+            422,
+            "invalid_type",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": []}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "wizard", "content": "hi"}]}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}).to_string(),
+            404,
+            "model_not_found",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": long_prompt}]}).to_string(),
+            413,
+            "",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "word ".repeat(20000)}).to_string(),
+            413,
+            "",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": [999999]}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "top_p": 0}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "logprobs": 9}).to_string(),
+            400,
+            "",
+        ),
+        (
+            "/v1/re_isq",
+            json!({"ggml_type": "Q9_Z"}).to_string(),
+            400,
+            "invalid_isq_type",
+        ),
+        ("/v1/nothing", "{}".into(), 404, ""),
+    ];
+    for (path, body, status, code) in cases {
+        let r = call(path, &body);
+        assert_eq!(r.status, status, "{path} {body:.80}: {}", r.body);
+        let e = r.json();
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}",
+            r.body
+        );
+        assert!(e["error"]["type"].is_string());
+        if !code.is_empty() {
+            assert_eq!(e["error"]["code"], code, "{}", r.body);
+        }
+    }
+    // Over the context window (under the body limit): 400 context_length_exceeded.
+    let cfg = ServerConfig::default();
+    let (addr2, _h2) = start(engine(&gguf_spec()), cfg);
+    let r = http::post(
+        addr2,
+        "/v1/completions",
+        &json!({"prompt": "word ".repeat(9000), "max_tokens": 4}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    // Authentication: /health is open, everything else needs the key.
+    assert_eq!(http::get(addr, "/health").status, 200);
+    let r = http::get(addr, "/v1/models");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    let r = http::request(
+        addr,
+        "GET",
+        "/v1/models",
+        "",
+        &[("Authorization", "Bearer wrong")],
+    );
+    assert_eq!(r.status, 401);
+    // Still serving: a normal request after all of that.
+    let r = call(
+        "/v1/completions",
+        &json!({"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0})
+            .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let r = http::request(addr, "GET", "/openapi.json", "", &auth);
+    let spec = r.json();
+    for path in [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/v1/re_isq",
+    ] {
+        assert!(spec["paths"][path].is_object(), "openapi lacks {path}");
+    }
+}
+
+/// A KV budget of one context (64 tokens = 4 blocks on the tiny model) for six sequences
+/// of 40 tokens: they queue and get preempted, none fails, each gets its solo output.
+#[test]
+fn a_full_kv_cache_queues_and_preempts_without_failing() {
+    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama3");
+    let spec = smelt::loaders::ModelSpec::Plain {
+        model_id: tiny.to_string_lossy().into_owned(),
+        revision: "main".into(),
+    };
+    let cfg = SchedulerConfig {
+        max_seqs: 6,
+        kv_cache_bytes: 0,
+        max_queue: 100,
+    };
+    let handle = SchedulerHandle::start(engine(&spec), cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let request = |i: u32| SeqRequest {
+        prompt_tokens: (1..=10).map(|t| (t * 7 + i * 13) % 250 + 1).collect(),
+        max_tokens: 30,
+        sampling: smelt::engine::sampling::SamplingParams {
+            // EOS (id 0) would end some sequences early; keep them all long.
+            logit_bias: [(0u32, -100.0f32)].into_iter().collect(),
+            ..Default::default()
+        },
+        stop: vec![],
+        logprobs: None,
+    };
+    let run = |rxs: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>| {
+        rt.block_on(async {
+            let mut outs = Vec::new();
+            for mut rx in rxs {
+                let mut text = String::new();
+                loop {
+                    match rx.recv().await.expect("event") {
+                        SeqEvent::Text { text: t, .. } => text.push_str(&t),
+                        SeqEvent::Done {
+                            completion_tokens, ..
+                        } => {
+                            assert_eq!(completion_tokens, 30);
+                            break;
+                        }
+                        SeqEvent::Error(e) => panic!("sequence failed: {e}"),
+                    }
+                }
+                outs.push(text);
+            }
+            outs
+        })
+    };
+    let together = run((0..6).map(|i| handle.submit(request(i)).unwrap()).collect());
+    assert!(
+        handle
+            .metrics
+            .preemptions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the budget should have forced preemption"
+    );
+    for i in 0..6 {
+        let alone = run(vec![handle.submit(request(i)).unwrap()]);
+        assert_eq!(together[i as usize], alone[0], "sequence {i}");
+    }
+}
