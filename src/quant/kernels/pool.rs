@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Spins between yields of the core while waiting (cheap when the core is ours alone,
+/// and it keeps a busy machine from stalling us for whole time slices).
+const SPINS_BEFORE_YIELD: u32 = 256;
+
 /// How long an idle worker spins before it sleeps.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_millis(5);
 
@@ -88,8 +92,16 @@ impl Pool {
             self.shared.wake.notify_all();
         }
         f(0, self.threads);
+        let mut spins = 0u32;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            // On an oversubscribed machine the worker we wait for may be descheduled:
+            // give it the core instead of burning our whole time slice.
+            if spins.is_multiple_of(SPINS_BEFORE_YIELD) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -112,6 +124,8 @@ fn worker(shared: Arc<Shared>, index: usize, threads: usize) {
                 if shared.generation.load(Ordering::Acquire) == seen {
                     drop(shared.wake.wait_timeout(guard, Duration::from_millis(100)));
                 }
+            } else if spins.is_multiple_of(SPINS_BEFORE_YIELD) {
+                std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
             }
