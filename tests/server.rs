@@ -366,3 +366,90 @@ fn a_full_kv_cache_queues_and_preempts_without_failing() {
         assert_eq!(together[i as usize], alone[0], "sequence {i}");
     }
 }
+
+fn completion_text(addr: SocketAddr, prompt: &str, n: usize) -> String {
+    let r = http::post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": n, "temperature": 0, "logit_bias": {"2": -100}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// POST /v1/re_isq while a stream runs: the stream finishes first (on the old weights),
+/// then the model answers as one loaded with that ISQ type; a bad type changes nothing.
+#[test]
+fn re_isq_over_http_waits_for_in_flight_requests() {
+    let (addr, _h) = start(engine(&gguf_spec()), ServerConfig::default());
+    let prompt = "The history of the Roman Empire";
+    let before = completion_text(addr, prompt, 24);
+    let r = http::post(addr, "/v1/re_isq", &json!({"ggml_type": "Q2_K_XL"}));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        completion_text(addr, prompt, 24),
+        before,
+        "a failed re-ISQ changed the model"
+    );
+
+    let mut body = chat_body("Tell me a long story.", 60, true);
+    body["logit_bias"] = json!({"2": -100});
+    let mut conn = send(addr, "POST", "/v1/chat/completions", &body.to_string(), &[]);
+    assert_eq!(read_head(&mut conn).0, 200);
+    assert!(next_chunk(&mut conn).is_some());
+    let reisq = std::thread::spawn(move || {
+        let r = http::post(addr, "/re_isq", &json!({"ggml_type": "q8_0"}));
+        (r, Instant::now())
+    });
+    let mut rest = String::new();
+    while let Some(c) = next_chunk(&mut conn) {
+        rest.push_str(&c);
+    }
+    let stream_done = Instant::now();
+    let (r, reisq_done) = reisq.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["ggml_type"], "Q8_0");
+    assert!(rest.contains("\"finish_reason\":\"length\""), "{rest}");
+    assert!(
+        reisq_done >= stream_done,
+        "re-ISQ did not wait for the running stream"
+    );
+
+    let after = completion_text(addr, prompt, 24);
+    let direct = {
+        let loaded = smelt::load(
+            &gguf_spec(),
+            &smelt::loaders::LoadOptions {
+                isq: Some(smelt::quant::IsqType::Q8_0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (addr2, _h2) = start(Engine::new(loaded).unwrap(), ServerConfig::default());
+        completion_text(addr2, prompt, 24)
+    };
+    assert_eq!(
+        after, direct,
+        "re-ISQ'd model differs from one loaded with --isq Q8_0"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_429() {
+    let cfg = ServerConfig {
+        scheduler: SchedulerConfig {
+            max_queue: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (addr, _h) = start(engine(&gguf_spec()), cfg);
+    let r = http::post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "Hi", "max_tokens": 2}),
+    );
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    assert_eq!(http::get(addr, "/health").status, 200);
+}

@@ -148,6 +148,7 @@ impl SchedulerHandle {
             waiting: VecDeque::new(),
             running: Vec::new(),
             pending_reisq: Vec::new(),
+            submitted: 0,
             shutdown: None,
             window: (Instant::now(), 0),
         };
@@ -216,6 +217,7 @@ impl SchedulerHandle {
 }
 
 struct Sequence {
+    order: u64,
     events: tmpsc::UnboundedSender<SeqEvent>,
     req: Box<SeqRequest>,
     /// Prompt followed by every generated token.
@@ -247,7 +249,11 @@ struct Worker {
     waiting: VecDeque<Sequence>,
     /// In admission order (the last is preempted first).
     running: Vec<Sequence>,
-    pending_reisq: Vec<(Option<IsqType>, oneshot::Sender<Result<(), String>>)>,
+    /// Re-ISQ requests with their barrier: sequences submitted before (order < barrier)
+    /// finish on the old weights first; later ones wait for the new weights.
+    pending_reisq: Vec<(u64, Option<IsqType>, oneshot::Sender<Result<(), String>>)>,
+    /// Sequences submitted so far (each gets its order number).
+    submitted: u64,
     shutdown: Option<(Instant, oneshot::Sender<()>)>,
     /// (start, tokens) of the current throughput window.
     window: (Instant, u64),
@@ -277,11 +283,14 @@ impl Worker {
                     self.cancel_all(FinishReason::Cancelled);
                 }
             }
-            if !self.pending_reisq.is_empty() && self.running.is_empty() {
-                self.do_reisq();
+            let barrier = self.pending_reisq.first().map(|p| p.0);
+            if let Some(b) = barrier {
+                if self.running.is_empty() && !self.waiting.iter().any(|s| s.order < b) {
+                    self.do_reisq();
+                }
             }
-            if self.pending_reisq.is_empty() && self.shutdown.is_none() {
-                self.admit();
+            if self.shutdown.is_none() {
+                self.admit(self.pending_reisq.first().map(|p| p.0));
             }
             if !self.running.is_empty() {
                 self.step();
@@ -300,7 +309,9 @@ impl Worker {
                     let _ = events.send(SeqEvent::Error("the server is shutting down".into()));
                     return;
                 }
+                self.submitted += 1;
                 self.waiting.push_back(Sequence {
+                    order: self.submitted,
                     events,
                     tokens: req.prompt_tokens.clone(),
                     generated: 0,
@@ -314,7 +325,7 @@ impl Worker {
                     req,
                 });
             }
-            Command::ReIsq(ty, reply) => self.pending_reisq.push((ty, reply)),
+            Command::ReIsq(ty, reply) => self.pending_reisq.push((self.submitted + 1, ty, reply)),
             Command::Shutdown(grace, done) => {
                 tracing::info!(
                     "shutting down: {} running, {} waiting; grace {:?}",
@@ -353,23 +364,29 @@ impl Worker {
         }
     }
 
+    /// Runs the first pending re-ISQ (its earlier sequences have all finished).
     fn do_reisq(&mut self) {
-        for (ty, reply) in std::mem::take(&mut self.pending_reisq) {
-            let result = match self.engine.write() {
-                Ok(mut e) => e.re_isq(ty).map_err(|e| format!("{e:#}")),
-                Err(_) => Err("the engine lock is poisoned".into()),
-            };
-            let _ = reply.send(result);
+        if self.pending_reisq.is_empty() {
+            return;
         }
+        let (_, ty, reply) = self.pending_reisq.remove(0);
+        let result = match self.engine.write() {
+            Ok(mut e) => e.re_isq(ty).map_err(|e| format!("{e:#}")),
+            Err(_) => Err("the engine lock is poisoned".into()),
+        };
+        let _ = reply.send(result);
     }
 
     /// Moves waiting sequences into the batch while there are slots and KV room for
-    /// their prompt (first come, first served).
-    fn admit(&mut self) {
+    /// their prompt (first come, first served), none from behind a re-ISQ `barrier`.
+    fn admit(&mut self, barrier: Option<u64>) {
         while self.running.len() < self.max_seqs {
             let Some(front) = self.waiting.front() else {
                 break;
             };
+            if barrier.is_some_and(|b| front.order >= b) {
+                break;
+            }
             let need = blocks_for(front.tokens.len() + 1);
             if need > self.pool.available() {
                 break;
