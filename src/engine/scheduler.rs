@@ -97,6 +97,8 @@ enum Command {
     Shutdown(Duration, oneshot::Sender<()>),
 }
 
+type ReIsqReply = oneshot::Sender<Result<(), String>>;
+
 /// The fronts' side: cheap to clone, usable from any thread or task.
 #[derive(Clone)]
 pub struct SchedulerHandle {
@@ -251,7 +253,7 @@ struct Worker {
     running: Vec<Sequence>,
     /// Re-ISQ requests with their barrier: sequences submitted before (order < barrier)
     /// finish on the old weights first; later ones wait for the new weights.
-    pending_reisq: Vec<(u64, Option<IsqType>, oneshot::Sender<Result<(), String>>)>,
+    pending_reisq: Vec<(u64, Option<IsqType>, ReIsqReply)>,
     /// Sequences submitted so far (each gets its order number).
     submitted: u64,
     shutdown: Option<(Instant, oneshot::Sender<()>)>,

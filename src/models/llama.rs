@@ -233,6 +233,9 @@ fn apply(lin: &dyn QuantLinear, x: Vec<f32>, groups: &[Range<usize>]) -> Result<
     Ok(out)
 }
 
+/// One sequence's query, key and value rows.
+type QkvRows<'b> = ((&'b mut [f32], &'b mut [f32]), &'b mut [f32]);
+
 /// Cuts a token-major buffer into the per-item row blocks.
 fn split_rows<'b>(mut buf: &'b mut [f32], lens: &[usize], row: usize) -> Vec<&'b mut [f32]> {
     let mut parts = Vec::with_capacity(lens.len());
@@ -286,15 +289,14 @@ impl Attention {
         };
         let rope = batch.rope;
         // Each sequence attends to its own cache; sequences run in parallel.
-        let per_item =
-            |(item, ((q, k), v)): (&mut BatchItem, ((&mut [f32], &mut [f32]), &mut [f32]))| {
-                let t = q.len() / (nh * hd);
-                let offset = item.cache.len();
-                ops::rope_in_place(q, nh, hd, offset, rope);
-                ops::rope_in_place(k, nkv, hd, offset, rope);
-                item.cache.write(layer, k, v);
-                ops::attention(q, item.cache.view(layer, offset + t), t, offset, shape)
-            };
+        let per_item = |(item, ((q, k), v)): (&mut BatchItem, QkvRows)| {
+            let t = q.len() / (nh * hd);
+            let offset = item.cache.len();
+            ops::rope_in_place(q, nh, hd, offset, rope);
+            ops::rope_in_place(k, nkv, hd, offset, rope);
+            item.cache.write(layer, k, v);
+            ops::attention(q, item.cache.view(layer, offset + t), t, offset, shape)
+        };
         let many = batch.items.len() > 1;
         let parts = batch.items.iter_mut().zip(
             split_rows(&mut q, &batch.lens, nh * hd)
