@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod builder;
+pub mod calibrate;
 pub mod engine;
 pub mod loaders;
 pub mod models;

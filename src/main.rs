@@ -25,6 +25,17 @@ struct Cli {
     /// ISQ choices overriding --isq.
     #[arg(long, global = true, value_name = "FILE")]
     topology: Option<PathBuf>,
+    /// Importance matrix for ISQ: llama.cpp's legacy .dat or GGUF imatrix. With
+    /// --calibration-file, where the collected imatrix is written instead.
+    #[arg(long, global = true, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Collect an imatrix by running the unquantized model over this text, write it
+    /// (to --imatrix FILE, default ./imatrix.dat) and quantize with it.
+    #[arg(long, global = true, value_name = "TEXT")]
+    calibration_file: Option<PathBuf>,
+    /// Chunk length (tokens) for --calibration-file.
+    #[arg(long, global = true, default_value_t = 512)]
+    calibration_ctx: usize,
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long, global = true)]
     threads: Option<usize>,
@@ -279,10 +290,37 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
         .as_deref()
         .map(smelt::quant::Topology::from_file)
         .transpose()?;
+    let imatrix = match (&cli.calibration_file, &cli.imatrix) {
+        (Some(text), out) => {
+            let dense = LoadOptions {
+                dtype,
+                ..Default::default()
+            };
+            let mut engine = Engine::new(smelt::load(&spec, &dense)?)?;
+            let m = smelt::calibrate::collect(&mut engine, text, cli.calibration_ctx)?;
+            let path = out.clone().unwrap_or_else(|| PathBuf::from("imatrix.dat"));
+            m.save_dat(&path)?;
+            tracing::info!(
+                "wrote the imatrix ({} tensors, {} chunks) to {}",
+                m.len(),
+                m.chunks,
+                path.display()
+            );
+            Some(std::sync::Arc::new(m))
+        }
+        (None, Some(path)) => Some(std::sync::Arc::new(
+            smelt::quant::imatrix::Imatrix::load(path)?,
+        )),
+        (None, None) => None,
+    };
+    if imatrix.is_some() && cli.isq.is_none() && topology.is_none() {
+        tracing::warn!("an imatrix only matters with --isq or --topology; loading unquantized");
+    }
     let opts = LoadOptions {
         dtype,
         isq: cli.isq,
         topology,
+        imatrix,
         ..Default::default()
     };
     if let Some(t) = cli.isq {

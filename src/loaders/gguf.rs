@@ -148,7 +148,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
 }
 
 /// Maps a Hugging Face weight name (without `.weight`) to the GGUF one.
-fn gguf_name(hf: &str) -> Result<String> {
+pub(crate) fn gguf_name(hf: &str) -> Result<String> {
     Ok(match hf {
         "model.embed_tokens" => "token_embd".into(),
         "model.norm" => "output_norm".into(),
@@ -288,8 +288,9 @@ impl WeightSource for GgufSource {
         let q = self.qtensor(&format!("{g}.weight"), heads)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;
         match isq {
-            Some(ty) => lin
-                .apply_isq(ty)
+            Some(ty) => self
+                .opts
+                .quantize(name, &lin.dequantize()?, lin.bias().cloned(), ty)
                 .with_context(|| format!("quantizing {g}.weight to {ty}")),
             None => Ok(Arc::new(lin)),
         }

@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub isq: Option<IsqType>,
     /// Per-layer / per-weight overrides of `isq`.
     pub topology: Option<crate::quant::Topology>,
+    /// Per-column importances for ISQ (`--imatrix`, or collected by calibration).
+    pub imatrix: Option<std::sync::Arc<crate::quant::imatrix::Imatrix>>,
     pub device: Device,
 }
 
@@ -45,6 +47,26 @@ impl LoadOptions {
             Some(t) => t.isq_for(name, self.isq),
             None => self.isq,
         }
+    }
+
+    /// The imatrix entry for a weight, if an imatrix was given and has one.
+    pub fn imatrix_for(&self, name: &str) -> Option<&[f32]> {
+        self.imatrix.as_deref().and_then(|m| m.for_weight(name))
+    }
+
+    /// Quantizes `weight` (the source of `name`) to `ty`, with its imatrix entry if any.
+    pub fn quantize(
+        &self,
+        name: &str,
+        weight: &candle_core::Tensor,
+        bias: Option<candle_core::Tensor>,
+        ty: IsqType,
+    ) -> Result<std::sync::Arc<dyn crate::quant::QuantLinear>> {
+        let im = self.imatrix_for(name);
+        if self.imatrix.is_some() && im.is_none() {
+            tracing::warn!("the imatrix has no entry for {name}; quantizing it unweighted");
+        }
+        crate::quant::isq::quantize_linear_weighted(weight, bias, ty, im)
     }
 
     /// The output head keeps its load dtype unless the topology names it (`/lm_head/`).
@@ -66,6 +88,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             isq: None,
             topology: None,
+            imatrix: None,
             device: Device::Cpu,
         }
     }

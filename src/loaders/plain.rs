@@ -177,7 +177,9 @@ impl WeightSource for SafetensorsSource {
         match isq {
             // Quantize straight from the f32 view of this one tensor; it is dropped
             // before the next is read, so full precision never sits in memory whole.
-            Some(ty) => isq::quantize_linear(&self.load(&wname, DType::F32)?, bias, ty)
+            Some(ty) => self
+                .opts
+                .quantize(name, &self.load(&wname, DType::F32)?, bias, ty)
                 .with_context(|| format!("quantizing {wname} to {ty}")),
             None => Ok(Arc::new(UnquantLinear::new(
                 self.load(&wname, self.dtype)?,

@@ -411,6 +411,25 @@ impl CausalLm for Llama {
         m.into_iter().collect()
     }
 
+    fn map_linears(
+        &mut self,
+        wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,
+    ) {
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (name, slot) in [
+                ("self_attn.q_proj", &mut b.attn.q),
+                ("self_attn.k_proj", &mut b.attn.k),
+                ("self_attn.v_proj", &mut b.attn.v),
+                ("self_attn.o_proj", &mut b.attn.o),
+                ("mlp.gate_proj", &mut b.mlp.gate),
+                ("mlp.up_proj", &mut b.mlp.up),
+                ("mlp.down_proj", &mut b.mlp.down),
+            ] {
+                *slot = wrap(&format!("model.layers.{i}.{name}"), slot.clone());
+            }
+        }
+    }
+
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()> {
         // Build every new layer first, so a failure changes nothing.
         let mut fresh = Vec::with_capacity(self.blocks.len() * 7);

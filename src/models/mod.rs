@@ -123,4 +123,10 @@ pub trait CausalLm: Send + Sync {
     /// Re-quantize every linear of attention and MLP to `ty` (None: dense) from the
     /// source weights, which stay memory-mapped; errors leave the model as it was.
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()>;
+    /// Replaces every attention and MLP linear by `wrap(hugging_face_name, linear)`
+    /// (calibration wraps them in observers).
+    fn map_linears(
+        &mut self,
+        wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,
+    );
 }

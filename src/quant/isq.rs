@@ -185,14 +185,30 @@ pub fn quantize_linear(
     bias: Option<Tensor>,
     ty: IsqType,
 ) -> Result<Arc<dyn QuantLinear>> {
+    quantize_linear_weighted(weight, bias, ty, None)
+}
+
+/// [`quantize_linear`] with per-column importances from an imatrix, used by the types
+/// llama.cpp uses them for (including the fallback types of rows that do not divide).
+pub fn quantize_linear_weighted(
+    weight: &Tensor,
+    bias: Option<Tensor>,
+    ty: IsqType,
+    imatrix: Option<&[f32]>,
+) -> Result<Arc<dyn QuantLinear>> {
     let start = Instant::now();
     let (_, cols) = weight.dims2()?;
     let weight = weight.to_dtype(DType::F32)?;
     let out: Arc<dyn QuantLinear> = match ty.for_row_len(cols) {
-        Some(IsqType::Ggml(dt)) => Arc::new(GgmlLinear::new(
-            Arc::new(quantize_ggml(&weight, dt)?),
-            bias,
-        )?),
+        Some(IsqType::Ggml(dt)) => {
+            let q = match imatrix {
+                Some(im) if super::weighted::uses_imatrix(dt) => {
+                    super::weighted::quantize(&weight, dt, im)?
+                }
+                _ => quantize_ggml(&weight, dt)?,
+            };
+            Arc::new(GgmlLinear::new(Arc::new(q), bias)?)
+        }
         None => Arc::new(super::UnquantLinear::new(weight, bias)?),
     };
     ISQ_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

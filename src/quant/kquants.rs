@@ -16,7 +16,7 @@ const SUB: usize = 32;
 
 /// ggml's round-to-nearest via the 1.5·2²³ trick (ties to even), valid for |x| < 2²².
 #[inline]
-fn nearest_int(x: f32) -> i32 {
+pub(crate) fn nearest_int(x: f32) -> i32 {
     let v = x + 12_582_912.0;
     (v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
@@ -26,7 +26,7 @@ fn nearest_int(x: f32) -> i32 {
 /// each refined by weighted least squares, keeping the lowest weighted squared error.
 /// `abs_error` scores candidates by weighted |error| instead of squared error (Q2_K).
 #[allow(clippy::too_many_arguments)]
-fn fit_affine(
+pub(crate) fn fit_affine(
     x: &[f32],
     w: &[f32],
     nmax: i32,
@@ -274,10 +274,11 @@ fn q2k_block(x: &[f32], out: &mut [u8]) {
     out[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
-/// Symmetric fit of a 16-element group for Q6_K: codes l ∈ [−nmax, nmax−1] with
-/// x ≈ scale·l, weighted by x², trying 19 grids around nmax/max and keeping the one with
-/// the best weighted least-squares fit. Codes come back offset by nmax.
-fn fit_symmetric(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
+/// Symmetric fit of a group (ggml's make_qx_quants): codes l ∈ [−nmax, nmax−1] with
+/// x ≈ scale·l, weighted by `w` (x² when None), trying 19 grids around nmax/max and
+/// keeping the one with the best weighted least-squares fit. Codes come back offset by
+/// nmax.
+pub(crate) fn fit_symmetric(x: &[f32], w: Option<&[f32]>, nmax: i32, l: &mut [i8]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -292,9 +293,9 @@ fn fit_symmetric(x: &[f32], nmax: i32, l: &mut [i8]) -> f32 {
     let nmax_f = nmax as f32;
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = v * v;
+            let w = w.map_or(v * v, |w| w[i]);
             sumlx += w * v * q;
             suml2 += w * q * q;
         }
@@ -330,7 +331,7 @@ fn q6k_block(x: &[f32], out: &mut [u8]) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for g in 0..16 {
-        let s = fit_symmetric(&x[16 * g..16 * (g + 1)], 32, &mut l[16 * g..16 * (g + 1)]);
+        let s = fit_symmetric(&x[16 * g..16 * (g + 1)], None, 32, &mut l[16 * g..16 * (g + 1)]);
         scales[g] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();

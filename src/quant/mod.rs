@@ -2,11 +2,13 @@
 //! new quantization method is one new file here and no model changes.
 
 pub mod ggml;
+pub mod imatrix;
 pub mod isq;
 pub mod kernels;
 pub mod kquants;
 pub mod topology;
 pub mod unquantized;
+pub mod weighted;
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
