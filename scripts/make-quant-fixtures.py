@@ -6,9 +6,14 @@
 - Q2_K..Q6_K: llama.cpp's `llama-quantize --pure` (LLAMA_CPP_BIN, see
   scripts/build-llama-cpp.sh) on a one-layer llama GGUF holding the weight, rows of 256.
 
+- Importance-weighted (imatrix) Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K: the same
+  `llama-quantize --pure --imatrix imatrix.dat` with a legacy-format imatrix written here
+  (positive per-column importances, imatrix.f32), giving <TYPE>.imatrix.bin.
+
 Writes tests/fixtures/quant/: input.f32 (rows × cols little-endian f32), <TYPE>.bin (the
-quantized bytes of that weight) and meta.json.
+quantized bytes of that weight), imatrix.f32 and <TYPE>.imatrix.bin, and meta.json.
 """
+import struct
 import json
 import os
 import subprocess
@@ -69,6 +74,25 @@ def one_layer_gguf(path, w):
     g.close()
 
 
+def importances():
+    rng = np.random.RandomState(99)
+    im = np.exp(rng.standard_normal(COLS) * 1.5).astype(np.float32)  # spread over decades
+    im[::50] = 0.0                                                   # columns never active
+    return im
+
+
+def write_imatrix_dat(path, entries):
+    """llama.cpp's legacy imatrix: values are means × ncall (ncall = 1 here)."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(entries)))
+        for name, values in entries.items():
+            b = name.encode()
+            f.write(struct.pack("<i", len(b)) + b + struct.pack("<ii", 1, len(values)))
+            f.write(np.asarray(values, dtype="<f4").tobytes())
+        f.write(struct.pack("<i", 1))
+        f.write(struct.pack("<i", 4) + b"test")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     w = weight()
@@ -89,6 +113,23 @@ def main():
             assert T(t.tensor_type).name == name, (t.tensor_type, name)
             np.asarray(t.data).tofile(os.path.join(OUT, f"{name}.bin"))
             meta["types"][name] = "llama-quantize --pure (llama.cpp from llama-cpp-python 0.3.36 sdist)"
+        im = importances()
+        im.tofile(os.path.join(OUT, "imatrix.f32"))
+        rng = np.random.RandomState(5)
+        entries = {f"blk.0.{n}.weight": rng.uniform(0.5, 2.0, ROWS).astype(np.float32)
+                   for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up")}
+        entries["blk.0.ffn_down.weight"] = im
+        dat = os.path.join(tmp, "imatrix.dat")
+        write_imatrix_dat(dat, entries)
+        for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K"):
+            dst = os.path.join(tmp, f"{name}.imatrix.gguf")
+            subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--pure", "--imatrix", dat,
+                            "--token-embedding-type", "f32", "--output-tensor-type", "f32",
+                            src, dst, name, "1"], check=True, capture_output=True)
+            t = next(t for t in gguf.GGUFReader(dst).tensors if t.name == "blk.0.ffn_down.weight")
+            assert T(t.tensor_type).name == name, (t.tensor_type, name)
+            np.asarray(t.data).tofile(os.path.join(OUT, f"{name}.imatrix.bin"))
+            meta["types"][name + ".imatrix"] = "llama-quantize --pure --imatrix (llama.cpp from llama-cpp-python 0.3.36 sdist)"
     with open(os.path.join(OUT, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print("wrote", os.path.normpath(OUT))
