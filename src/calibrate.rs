@@ -26,7 +26,10 @@ pub fn collect(engine: &mut Engine, text_path: &Path, ctx: usize) -> Result<Imat
     engine
         .model
         .map_linears(&mut |name, lin| ObservedLinear::wrap(lin, name, collector.clone()));
-    tracing::info!("calibration: {} tokens, {n_chunks} chunks of {ctx}", tokens.len());
+    tracing::info!(
+        "calibration: {} tokens, {n_chunks} chunks of {ctx}",
+        tokens.len()
+    );
     let bar = crate::progress::bar(n_chunks as u64, "imatrix");
     let result = (|| -> Result<()> {
         for c in 0..n_chunks {

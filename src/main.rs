@@ -308,9 +308,9 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
             );
             Some(std::sync::Arc::new(m))
         }
-        (None, Some(path)) => Some(std::sync::Arc::new(
-            smelt::quant::imatrix::Imatrix::load(path)?,
-        )),
+        (None, Some(path)) => Some(std::sync::Arc::new(smelt::quant::imatrix::Imatrix::load(
+            path,
+        )?)),
         (None, None) => None,
     };
     if imatrix.is_some() && cli.isq.is_none() && topology.is_none() {

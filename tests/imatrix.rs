@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imatrix").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/imatrix")
+        .join(name)
 }
 
 const LINEARS: [&str; 7] = [
@@ -48,7 +50,10 @@ fn llama_cpp_dat_and_gguf_imatrix_read_alike() {
     for layer in 0..3 {
         for l in LINEARS {
             let name = format!("model.layers.{layer}.{l}");
-            let (a, b) = (dat.for_weight(&name).unwrap(), gguf.for_weight(&name).unwrap());
+            let (a, b) = (
+                dat.for_weight(&name).unwrap(),
+                gguf.for_weight(&name).unwrap(),
+            );
             assert!(max_rel_err(a, b) < 1e-5, "{name}");
         }
     }
@@ -80,7 +85,10 @@ fn calibration_matches_llama_imatrix_and_lowers_perplexity() {
     for layer in 0..3 {
         for l in LINEARS {
             let name = format!("model.layers.{layer}.{l}");
-            let err = max_rel_err(ours.for_weight(&name).unwrap(), reference.for_weight(&name).unwrap());
+            let err = max_rel_err(
+                ours.for_weight(&name).unwrap(),
+                reference.for_weight(&name).unwrap(),
+            );
             assert!(err < 0.01, "{name}: {err}");
         }
     }
@@ -90,13 +98,27 @@ fn calibration_matches_llama_imatrix_and_lowers_perplexity() {
     let back = Imatrix::load(&path).unwrap();
     std::fs::remove_file(&path).ok();
     let name = "model.layers.7.mlp.down_proj";
-    assert!(max_rel_err(back.for_weight(name).unwrap(), ours.for_weight(name).unwrap()) < 1e-6);
+    assert!(
+        max_rel_err(
+            back.for_weight(name).unwrap(),
+            ours.for_weight(name).unwrap()
+        ) < 1e-6
+    );
 
     let ours = Arc::new(ours);
-    let q4_0 = (ppl(IsqType::Q4_0, None), ppl(IsqType::Q4_0, Some(ours.clone())));
+    let q4_0 = (
+        ppl(IsqType::Q4_0, None),
+        ppl(IsqType::Q4_0, Some(ours.clone())),
+    );
     let q3k = (ppl(IsqType::Q3K, None), ppl(IsqType::Q3K, Some(ours)));
-    eprintln!("Q4_0 {:.4} -> {:.4}; Q3K {:.4} -> {:.4}", q4_0.0, q4_0.1, q3k.0, q3k.1);
-    assert!(q4_0.1 < q4_0.0 * 0.95, "imatrix should improve Q4_0: {q4_0:?}");
+    eprintln!(
+        "Q4_0 {:.4} -> {:.4}; Q3K {:.4} -> {:.4}",
+        q4_0.0, q4_0.1, q3k.0, q3k.1
+    );
+    assert!(
+        q4_0.1 < q4_0.0 * 0.95,
+        "imatrix should improve Q4_0: {q4_0:?}"
+    );
     assert!(q3k.1 < q3k.0 * 0.95, "imatrix should improve Q3K: {q3k:?}");
     // llama.cpp: Q4_0 19.1790 → 16.6010 (its own imatrix from the same text).
     assert!((q4_0.1 / 16.6010 - 1.0).abs() < 0.02, "{q4_0:?}");

@@ -69,5 +69,8 @@ fn imatrix_weighted_blocks_are_byte_identical_to_llama_quantize() {
             differ.push(name);
         }
     }
-    assert!(differ.is_empty(), "differ from llama-quantize --imatrix: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "differ from llama-quantize --imatrix: {differ:?}"
+    );
 }

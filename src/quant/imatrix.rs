@@ -64,7 +64,11 @@ impl Imatrix {
             path.display(),
             m.entries.len(),
             m.chunks,
-            if m.dataset.is_empty() { "?" } else { &m.dataset }
+            if m.dataset.is_empty() {
+                "?"
+            } else {
+                &m.dataset
+            }
         );
         Ok(m)
     }

@@ -105,7 +105,7 @@ pub(crate) fn fit_affine(
 }
 
 /// The 6-bit (scale, min) pairs of the eight sub-blocks, packed as ggml packs them.
-fn pack_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+pub(crate) fn pack_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut s = [0u8; 12];
     for j in 0..8 {
         if j < 4 {
@@ -331,7 +331,12 @@ fn q6k_block(x: &[f32], out: &mut [u8]) {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for g in 0..16 {
-        let s = fit_symmetric(&x[16 * g..16 * (g + 1)], None, 32, &mut l[16 * g..16 * (g + 1)]);
+        let s = fit_symmetric(
+            &x[16 * g..16 * (g + 1)],
+            None,
+            32,
+            &mut l[16 * g..16 * (g + 1)],
+        );
         scales[g] = s;
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();

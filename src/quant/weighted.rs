@@ -1,11 +1,14 @@
 //! Importance-weighted quantization (llama.cpp's `_impl` quantizers, used when an imatrix
 //! is given). Each element's error is weighted by `imatrix[column] · √(σ² + x²)` (σ² the
 //! row's mean square), so columns that see large activations are reproduced more
-//! faithfully. Q4_0/Q5_0 use the symmetric grid search, Q4_1/Q5_1 the affine one (both
-//! shared with the K-quants in `kquants.rs`); Q2_K/Q3_K/Q4_K go through candle's imatrix
-//! quantizers. Types llama.cpp quantizes without weights (Q8_0…) ignore the imatrix.
+//! faithfully. Q4_0/Q5_0/Q3_K use the symmetric grid search, Q4_1/Q5_1/Q2_K/Q4_K the
+//! affine one (both shared with the K-quants in `kquants.rs`); the K types then fit their
+//! sub-block scales with the sub-blocks' weight sums. Every type's blocks are
+//! byte-identical to `llama-quantize --imatrix` (tests/quant_exact.rs). Types llama.cpp
+//! quantizes without weights (Q8_0…) ignore the imatrix. (candle's imatrix K quantizers
+//! give different bytes, so they are not used.)
 
-use super::kquants::{fit_affine, fit_symmetric};
+use super::kquants::{fit_affine, fit_symmetric, nearest_int, pack_scales};
 use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -44,7 +47,7 @@ pub fn quantize(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTens
         other => bail!("no importance-weighted quantizer for {other:?}"),
     };
     let Some(kind) = legacy else {
-        return Ok(QTensor::quantize_imatrix(weight, imatrix, dt)?);
+        return k_quant(weight, dt, imatrix);
     };
     if cols % 32 != 0 {
         bail!("rows of {cols} do not divide the 32-element block of {dt:?}");
@@ -61,6 +64,281 @@ pub fn quantize(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTens
         vec![rows, cols],
         weight.device(),
     )?)
+}
+
+/// Q2_K / Q4_K with importances: sub-blocks fitted by weighted least squares, and the
+/// sub-block scales and mins themselves quantized by a weighted fit (`fit_scales`)
+/// instead of max-scaling.
+fn k_quant(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTensor> {
+    let (rows, cols) = weight.dims2()?;
+    if cols % 256 != 0 {
+        bail!("rows of {cols} do not divide the 256-element super-block of {dt:?}");
+    }
+    let bb = match dt {
+        GgmlDType::Q2K => 84,
+        GgmlDType::Q3K => 110,
+        _ => 144,
+    };
+    let x: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+    let row_bytes = cols / 256 * bb;
+    let mut out = vec![0u8; rows * row_bytes];
+    out.par_chunks_mut(row_bytes)
+        .zip(x.par_chunks(cols))
+        .for_each(|(o, r)| {
+            for ((xb, qw), ob) in r
+                .chunks_exact(256)
+                .zip(imatrix.chunks_exact(256))
+                .zip(o.chunks_exact_mut(bb))
+            {
+                match dt {
+                    GgmlDType::Q2K => q2k_weighted(xb, qw, ob),
+                    GgmlDType::Q3K => q3k_weighted(xb, qw, ob),
+                    _ => q4k_weighted(xb, qw, ob),
+                }
+            }
+        });
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        dt,
+        &out,
+        vec![rows, cols],
+        weight.device(),
+    )?)
+}
+
+/// Quantizes non-negative sub-block scales (or mins) to codes 0..=nmax with weights `w`
+/// (ggml's make_qp_quants): nine grids around nmax/max, then a few rounds of moving
+/// single codes while the weighted least-squares fit improves. Returns the step.
+fn fit_scales(x: &[f32], nmax: i32, w: &[f32], l: &mut [u8]) -> f32 {
+    let max = x.iter().copied().fold(0f32, f32::max);
+    if max < 1e-15 {
+        l.fill(0);
+        return 0.0;
+    }
+    let nmax_f = nmax as f32;
+    let mut iscale = nmax_f / max;
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * v) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0f32;
+    for i in 0..x.len() {
+        let diff = x[i] - scale * l[i] as f32;
+        best_mse += w[i] * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax_f) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0f32;
+        for i in 0..x.len() {
+            let q = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * q as f32;
+            mse += w[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for i in 0..x.len() {
+        let q = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = q as u8;
+        sumlx += w[i] * x[i] * q as f32;
+        suml2 += w[i] * (q * q) as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..x.len() {
+            let li = l[i] as f32;
+            let mut slx = sumlx - w[i] * x[i] * li;
+            let mut sl2 = suml2 - w[i] * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    slx += w[i] * x[i] * new_l as f32;
+                    sl2 += w[i] * (new_l * new_l) as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    sumlx / suml2
+}
+
+fn q4k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let sigma2 = 2.0 * x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
+    let mut l = [0u8; 256];
+    let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * (j + 1)];
+        let mut w = [0f32; 32];
+        for i in 0..32 {
+            w[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        sw[j] = w.iter().sum();
+        let (s, m) = fit_affine(
+            xs,
+            &w,
+            15,
+            -0.9,
+            0.05,
+            36,
+            false,
+            &mut l[32 * j..32 * (j + 1)],
+        );
+        scales[j] = s;
+        mins[j] = m;
+    }
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    let d = fit_scales(&scales, 63, &sw, &mut ls);
+    let dmin = fit_scales(&mins, 63, &sw, &mut lm);
+    for j in 0..8 {
+        ls[j] = ls[j].min(63);
+        lm[j] = lm[j].min(63);
+    }
+    let (d, dmin) = (f16::from_f32(d), f16::from_f32(dmin));
+    for j in 0..8 {
+        let dj = d.to_f32() * ls[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * lm[j] as f32;
+        for i in 0..32 {
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 15) as u8;
+        }
+    }
+    out[0..2].copy_from_slice(&d.to_le_bytes());
+    out[2..4].copy_from_slice(&dmin.to_le_bytes());
+    out[4..16].copy_from_slice(&pack_scales(&ls, &lm));
+    for (c, chunk) in out[16..144].chunks_exact_mut(32).enumerate() {
+        for (i, q) in chunk.iter_mut().enumerate() {
+            *q = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
+        }
+    }
+}
+
+/// Q3_K: sixteen symmetric 16-element groups (codes −4..3), their scales fitted
+/// symmetrically to 6 bits with the groups' weight sums.
+fn q3k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let sigma2 = 2.0 * x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
+    let mut l = [0i8; 256];
+    let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
+    for g in 0..16 {
+        let xs = &x[16 * g..16 * (g + 1)];
+        let mut w = [0f32; 16];
+        for i in 0..16 {
+            w[i] = qw[16 * g + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        sw[g] = w.iter().sum();
+        scales[g] = fit_symmetric(xs, Some(&w), 4, &mut l[16 * g..16 * (g + 1)]);
+    }
+    let mut ls = [0i8; 16];
+    let d = f16::from_f32(fit_symmetric(&scales, Some(&sw), 32, &mut ls));
+    let (hmask, rest) = out.split_at_mut(32);
+    let (qs, rest) = rest.split_at_mut(64);
+    let (sc, dbytes) = rest.split_at_mut(12);
+    sc.fill(0);
+    for (j, &code) in ls.iter().enumerate() {
+        let c = code as u8;
+        if j < 8 {
+            sc[j] = c & 0x0F;
+        } else {
+            sc[j - 8] |= (c & 0x0F) << 4;
+        }
+        sc[8 + j % 4] |= (c >> 4) << (2 * (j / 4));
+    }
+    dbytes.copy_from_slice(&d.to_le_bytes());
+    let mut codes = [0u8; 256];
+    for g in 0..16 {
+        let dg = d.to_f32() * (ls[g] as i32 - 32) as f32;
+        if dg == 0.0 {
+            // ggml leaves such a group's codes as the first fit left them.
+            for i in 0..16 {
+                codes[16 * g + i] = l[16 * g + i] as u8;
+            }
+            continue;
+        }
+        for i in 0..16 {
+            codes[16 * g + i] = (nearest_int(x[16 * g + i] / dg).clamp(-4, 3) + 4) as u8;
+        }
+    }
+    hmask.fill(0);
+    for (j, c) in codes.iter_mut().enumerate() {
+        if *c > 3 {
+            hmask[j % 32] |= 1 << (j / 32);
+            *c -= 4;
+        }
+    }
+    for half in 0..2 {
+        let lh = &codes[128 * half..];
+        for i in 0..32 {
+            qs[32 * half + i] = lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
+        }
+    }
+}
+
+fn q2k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let sigma2 = x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
+    let mut l = [0u8; 256];
+    let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    for g in 0..16 {
+        let xs = &x[16 * g..16 * (g + 1)];
+        let mut w = [0f32; 16];
+        for i in 0..16 {
+            w[i] = qw[16 * g + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        sw[g] = w.iter().sum();
+        let (s, m) = fit_affine(
+            xs,
+            &w,
+            3,
+            -0.9,
+            0.05,
+            36,
+            false,
+            &mut l[16 * g..16 * (g + 1)],
+        );
+        scales[g] = s;
+        mins[g] = m;
+    }
+    let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+    let d = f16::from_f32(fit_scales(&scales, 15, &sw, &mut ls));
+    let dmin = f16::from_f32(fit_scales(&mins, 15, &sw, &mut lm));
+    let mut sc = [0u8; 16];
+    for g in 0..16 {
+        sc[g] = ls[g] | (lm[g] << 4);
+    }
+    for g in 0..16 {
+        let dg = d.to_f32() * (sc[g] & 0x0F) as f32;
+        if dg == 0.0 {
+            continue;
+        }
+        let dm = dmin.to_f32() * (sc[g] >> 4) as f32;
+        for i in 0..16 {
+            l[16 * g + i] = nearest_int((x[16 * g + i] + dm) / dg).clamp(0, 3) as u8;
+        }
+    }
+    out[..16].copy_from_slice(&sc);
+    for half in 0..2 {
+        let lh = &l[128 * half..];
+        for i in 0..32 {
+            out[16 + 32 * half + i] =
+                lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
+        }
+    }
+    out[80..82].copy_from_slice(&d.to_le_bytes());
+    out[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
 #[derive(Clone, Copy)]
