@@ -33,6 +33,13 @@ struct Cli {
     /// (to --imatrix FILE, default ./imatrix.dat) and quantize with it.
     #[arg(long, global = true, value_name = "TEXT")]
     calibration_file: Option<PathBuf>,
+    /// After loading (and ISQ), save the quantized layers to this UQFF file.
+    #[arg(long, global = true, value_name = "FILE")]
+    write_uqff: Option<PathBuf>,
+    /// Take the quantized layers from this UQFF file instead of quantizing (the loader
+    /// still names the model, for its config, tokenizer, embeddings and norms).
+    #[arg(long, global = true, value_name = "FILE")]
+    from_uqff: Option<PathBuf>,
     /// Chunk length (tokens) for --calibration-file.
     #[arg(long, global = true, default_value_t = 512)]
     calibration_ctx: usize,
@@ -321,6 +328,7 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
         isq: cli.isq,
         topology,
         imatrix,
+        from_uqff: cli.from_uqff.clone(),
         ..Default::default()
     };
     if let Some(t) = cli.isq {
@@ -329,6 +337,9 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
         );
     }
     let loaded = smelt::load(&spec, &opts)?;
+    if let Some(path) = &cli.write_uqff {
+        smelt::quant::uqff::write(loaded.model.as_ref(), &loaded.name, path)?;
+    }
     let (load_s, isq_s) = (loaded.load_seconds, loaded.isq_seconds);
     Ok((Engine::new(loaded)?, load_s, isq_s))
 }

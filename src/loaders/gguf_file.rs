@@ -175,6 +175,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The GGUF/ggml type id of a dtype (inverse of [`ggml_dtype_from_id`]).
+pub fn ggml_dtype_id(dt: GgmlDType) -> u32 {
+    (0..=30)
+        .find(|&id| ggml_dtype_from_id(id).is_ok_and(|d| d == dt))
+        .expect("every candle ggml dtype has an id")
+}
+
 pub fn ggml_dtype_from_id(id: u32) -> Result<GgmlDType> {
     Ok(match id {
         0 => GgmlDType::F32,

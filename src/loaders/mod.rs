@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub topology: Option<crate::quant::Topology>,
     /// Per-column importances for ISQ (`--imatrix`, or collected by calibration).
     pub imatrix: Option<std::sync::Arc<crate::quant::imatrix::Imatrix>>,
+    /// Take attention and MLP linears from this UQFF file instead of quantizing.
+    pub from_uqff: Option<PathBuf>,
     pub device: Device,
 }
 
@@ -89,6 +91,7 @@ impl Default for LoadOptions {
             isq: None,
             topology: None,
             imatrix: None,
+            from_uqff: None,
             device: Device::Cpu,
         }
     }
@@ -159,6 +162,24 @@ pub(crate) fn finish_load(
     if let Some(t) = &opts.topology {
         t.validate(cfg.num_hidden_layers)?;
     }
+    let src: std::sync::Arc<dyn WeightSource> = match &opts.from_uqff {
+        Some(path) => {
+            if opts.any_isq() {
+                anyhow::bail!(
+                    "--from-uqff loads layers already quantized; drop --isq / --topology"
+                );
+            }
+            let s = crate::quant::uqff::UqffSource::open(path, &cfg, src)?;
+            return Ok(LoadedModel {
+                model: build_model(cfg, std::sync::Arc::new(s), "loading from UQFF")?,
+                assets,
+                name,
+                load_seconds: 0.0,
+                isq_seconds: 0.0,
+            });
+        }
+        None => src,
+    };
     let what = match opts.isq {
         Some(t) => format!("loading + ISQ {t}"),
         None if opts.any_isq() => "loading + ISQ (topology)".to_string(),

@@ -61,6 +61,28 @@ impl SafetensorsFiles {
         Ok(Self { shards, index })
     }
 
+    /// The free-form `__metadata__` of the first file.
+    pub fn user_metadata(&self) -> Option<&HashMap<String, String>> {
+        self.shards.first()?.metadata.metadata().as_ref()
+    }
+
+    /// Raw bytes, dtype and shape of one tensor (no conversion).
+    pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, &[u8])> {
+        let shard = &self.shards[*self
+            .index
+            .get(name)
+            .with_context(|| format!("tensor {name} is missing"))?];
+        let info = shard
+            .metadata
+            .info(name)
+            .with_context(|| format!("tensor {name} is missing from {}", shard.path.display()))?;
+        let (start, end) = (
+            shard.data_start + info.data_offsets.0,
+            shard.data_start + info.data_offsets.1,
+        );
+        Ok((info.dtype, info.shape.clone(), &shard.mmap[start..end]))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

@@ -411,6 +411,28 @@ impl CausalLm for Llama {
         m.into_iter().collect()
     }
 
+    fn named_linears(&self) -> Vec<(String, Arc<dyn QuantLinear>)> {
+        const NAMES: [&str; 7] = [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ];
+        // `linears()` yields each block's seven in this order.
+        self.linears()
+            .enumerate()
+            .map(|(k, l)| {
+                (
+                    format!("model.layers.{}.{}", k / 7, NAMES[k % 7]),
+                    l.clone(),
+                )
+            })
+            .collect()
+    }
+
     fn map_linears(
         &mut self,
         wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,

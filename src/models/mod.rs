@@ -123,6 +123,8 @@ pub trait CausalLm: Send + Sync {
     /// Re-quantize every linear of attention and MLP to `ty` (None: dense) from the
     /// source weights, which stay memory-mapped; errors leave the model as it was.
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()>;
+    /// Every attention and MLP linear with its Hugging Face name (for UQFF files).
+    fn named_linears(&self) -> Vec<(String, Arc<dyn QuantLinear>)>;
     /// Replaces every attention and MLP linear by `wrap(hugging_face_name, linear)`
     /// (calibration wraps them in observers).
     fn map_linears(

@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod kquants;
 pub mod topology;
 pub mod unquantized;
+pub mod uqff;
 pub mod weighted;
 
 use anyhow::Result;

@@ -28,6 +28,11 @@ impl UnquantLinear {
         }
         Ok(Self { weight, bias })
     }
+
+    /// The weight as stored (f32, f16 or bf16).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
 }
 
 impl UnquantLinear {

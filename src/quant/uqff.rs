@@ -1,0 +1,328 @@
+//! UQFF: a model's quantized linear layers saved to one safetensors file, so a later load
+//! skips ISQ (`--write-uqff FILE`, `--from-uqff FILE`). The per-layer layout follows the
+//! peer's UQFF 1.x: under each module key, `<key>.weight.format` (u8: 0 ggml blocks,
+//! 1 unquantized), `<key>.weight` (ggml: the raw block bytes as u8; unquantized: the weight
+//! in its dtype), `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
+//! `<key>.bias` (f32) when the layer has one, and u32 scalars `uqff.version.major|minor|
+//! patch`. The header's `__metadata__` records the model's shape, checked on load so a
+//! file from another model is refused.
+//!
+//! Unlike the peer's directory form there is no residual file: embeddings, norms and the
+//! head are read from the model's own files, which a load needs anyway for its config and
+//! tokenizer.
+
+use super::{GgmlLinear, QuantLinear, UnquantLinear};
+use crate::loaders::gguf_file::{ggml_dtype_from_id, ggml_dtype_id};
+use crate::loaders::safetensors_file::SafetensorsFiles;
+use crate::models::{CausalLm, Embedding, ModelConfig, WeightSource};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The format version written; files of another major version are refused.
+pub const VERSION: (u32, u32, u32) = (1, 0, 0);
+
+const FORMAT_GGML: u8 = 0;
+const FORMAT_UNQUANTIZED: u8 = 1;
+
+/// The config fields a UQFF file must agree with.
+fn shape_metadata(cfg: &ModelConfig) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "architecture",
+            format!("{:?}", cfg.architecture).to_lowercase(),
+        ),
+        ("hidden_size", cfg.hidden_size.to_string()),
+        ("intermediate_size", cfg.intermediate_size.to_string()),
+        ("num_hidden_layers", cfg.num_hidden_layers.to_string()),
+        ("num_attention_heads", cfg.num_attention_heads.to_string()),
+        ("num_key_value_heads", cfg.num_key_value_heads.to_string()),
+        ("vocab_size", cfg.vocab_size.to_string()),
+    ]
+}
+
+fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => (
+            Dtype::F32,
+            flat.to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::F16 => (
+            Dtype::F16,
+            flat.to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::BF16 => (
+            Dtype::BF16,
+            flat.to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        other => bail!("cannot store a {other:?} tensor in UQFF"),
+    })
+}
+
+/// Writes every attention and MLP linear of `model` to `path`.
+pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> {
+    let start = std::time::Instant::now();
+    // (name, dtype, shape, bytes), kept until serialization.
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let scalar_u32 = |v: u32| (Dtype::U32, vec![1], v.to_le_bytes().to_vec());
+    for (name, lin) in model.named_linears() {
+        let (rows, cols) = lin.shape();
+        let shape_bytes: Vec<u8> = [rows as u32, cols as u32]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        if let Some(g) = lin.as_any().downcast_ref::<GgmlLinear>() {
+            let q = g.qtensor();
+            let bytes = q.data()?.into_owned();
+            tensors.push((
+                format!("{name}.weight.format"),
+                Dtype::U8,
+                vec![1],
+                vec![FORMAT_GGML],
+            ));
+            let n = bytes.len();
+            tensors.push((format!("{name}.weight"), Dtype::U8, vec![n], bytes));
+            let (dt, sh, b) = scalar_u32(ggml_dtype_id(q.dtype()));
+            tensors.push((format!("{name}.weight.dtype"), dt, sh, b));
+        } else if let Some(u) = lin.as_any().downcast_ref::<UnquantLinear>() {
+            tensors.push((
+                format!("{name}.weight.format"),
+                Dtype::U8,
+                vec![1],
+                vec![FORMAT_UNQUANTIZED],
+            ));
+            let (dt, bytes) = tensor_bytes(u.weight())?;
+            tensors.push((format!("{name}.weight"), dt, vec![rows, cols], bytes));
+        } else {
+            bail!(
+                "UQFF cannot store {name}: its storage ({}) has no UQFF layout yet",
+                lin.storage_name()
+            );
+        }
+        tensors.push((
+            format!("{name}.weight.shape"),
+            Dtype::U32,
+            vec![2],
+            shape_bytes,
+        ));
+        if let Some(b) = lin.bias() {
+            let (dt, bytes) = tensor_bytes(&b.to_dtype(DType::F32)?)?;
+            tensors.push((format!("{name}.bias"), dt, vec![rows], bytes));
+        }
+    }
+    for (part, v) in [
+        ("major", VERSION.0),
+        ("minor", VERSION.1),
+        ("patch", VERSION.2),
+    ] {
+        let (dt, sh, b) = scalar_u32(v);
+        tensors.push((format!("uqff.version.{part}"), dt, sh, b));
+    }
+    let mut meta: HashMap<String, String> = shape_metadata(model.config())
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    meta.insert("format".into(), "uqff".into());
+    meta.insert("model".into(), model_name.to_string());
+    meta.insert(
+        "writer".into(),
+        format!("smelt {}", env!("CARGO_PKG_VERSION")),
+    );
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, sh, b)| {
+            TensorView::new(*dt, sh.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow::anyhow!("UQFF tensor {n}: {e:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let tmp = path.with_extension("uqff.part");
+    safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move the UQFF file into {}", path.display()))?;
+    tracing::info!(
+        "wrote UQFF {} ({:.1} MB) in {:.2}s",
+        path.display(),
+        std::fs::metadata(path).map_or(0, |m| m.len()) as f64 / 1e6,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A weight source whose attention and MLP linears come from a UQFF file; everything
+/// else (and re-quantization from the original weights) from the model's own files.
+pub struct UqffSource {
+    inner: Arc<dyn WeightSource>,
+    file: SafetensorsFiles,
+    path: std::path::PathBuf,
+}
+
+impl UqffSource {
+    /// Opens `path` and checks that it was written for a model shaped like `cfg`.
+    pub fn open(path: &Path, cfg: &ModelConfig, inner: Arc<dyn WeightSource>) -> Result<Self> {
+        let file = SafetensorsFiles::open(&[path.to_path_buf()])
+            .with_context(|| format!("reading UQFF {}", path.display()))?;
+        let u32_scalar = |name: &str| -> Result<u32> {
+            let (dt, _, b) = file.raw(name)?;
+            if dt != Dtype::U32 || b.len() != 4 {
+                bail!("{name} is not a u32 scalar");
+            }
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let major = u32_scalar("uqff.version.major")
+            .with_context(|| format!("{} is not a UQFF file (no version)", path.display()))?;
+        let minor = u32_scalar("uqff.version.minor").unwrap_or(0);
+        if major != VERSION.0 {
+            bail!(
+                "{} is UQFF format {major}.{minor}; this smelt reads format {}.x",
+                path.display(),
+                VERSION.0
+            );
+        }
+        let meta = file.user_metadata().cloned().unwrap_or_default();
+        for (key, want) in shape_metadata(cfg) {
+            match meta.get(key) {
+                Some(got) if *got == want => {}
+                Some(got) => bail!(
+                    "{} was written for another model: its {key} is {got}, this model's is {want} (UQFF from {})",
+                    path.display(),
+                    meta.get("model").map_or("an unknown model", |s| s.as_str())
+                ),
+                None => bail!("{} lacks the `{key}` metadata", path.display()),
+            }
+        }
+        tracing::info!(
+            "loading quantized layers from UQFF {} (format {major}.{minor}, written for {})",
+            path.display(),
+            meta.get("model").map_or("?", |s| s.as_str())
+        );
+        Ok(Self {
+            inner,
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn layer(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        let what = |t: &str| format!("{t} in UQFF {}", self.path.display());
+        let (_, _, fmt) = self
+            .file
+            .raw(&format!("{name}.weight.format"))
+            .with_context(|| what(&format!("{name}.weight.format")))?;
+        let (_, _, shape) = self
+            .file
+            .raw(&format!("{name}.weight.shape"))
+            .with_context(|| what(&format!("{name}.weight.shape")))?;
+        if shape.len() != 8 {
+            bail!(
+                "{} must hold two u32 dims",
+                what(&format!("{name}.weight.shape"))
+            );
+        }
+        let dim =
+            |i: usize| u32::from_le_bytes(shape[4 * i..4 * i + 4].try_into().unwrap()) as usize;
+        let (rows, cols) = (dim(0), dim(1));
+        let bias = if bias {
+            Some(
+                self.file
+                    .load(&format!("{name}.bias"))
+                    .with_context(|| what(&format!("{name}.bias")))?,
+            )
+        } else {
+            None
+        };
+        Ok(match fmt.first() {
+            Some(&FORMAT_GGML) => {
+                let (_, _, id) = self
+                    .file
+                    .raw(&format!("{name}.weight.dtype"))
+                    .with_context(|| what(&format!("{name}.weight.dtype")))?;
+                let id = u32::from_le_bytes(id.try_into().map_err(|_| {
+                    anyhow::anyhow!("{} is not a u32", what(&format!("{name}.weight.dtype")))
+                })?);
+                let dt = ggml_dtype_from_id(id)?;
+                let (_, _, bytes) = self
+                    .file
+                    .raw(&format!("{name}.weight"))
+                    .with_context(|| what(&format!("{name}.weight")))?;
+                let expect = rows * cols / dt.block_size() * dt.type_size();
+                if cols % dt.block_size() != 0 || bytes.len() != expect {
+                    bail!(
+                        "{} holds {} bytes; {rows}×{cols} {dt:?} needs {expect}",
+                        what(&format!("{name}.weight")),
+                        bytes.len()
+                    );
+                }
+                let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dt,
+                    bytes,
+                    vec![rows, cols],
+                    &Device::Cpu,
+                )?;
+                Arc::new(GgmlLinear::new(Arc::new(q), bias)?)
+            }
+            Some(&FORMAT_UNQUANTIZED) => {
+                let w = self
+                    .file
+                    .load(&format!("{name}.weight"))
+                    .with_context(|| what(&format!("{name}.weight")))?;
+                if w.dims() != [rows, cols] {
+                    bail!(
+                        "{} has shape {:?}, expected [{rows}, {cols}]",
+                        what(name),
+                        w.dims()
+                    );
+                }
+                Arc::new(UnquantLinear::new(w, bias)?)
+            }
+            other => bail!(
+                "{} has format tag {other:?}; this smelt reads 0 (ggml) and 1 (unquantized)",
+                what(&format!("{name}.weight.format"))
+            ),
+        })
+    }
+}
+
+impl WeightSource for UqffSource {
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name)
+    }
+    fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
+        self.layer(name, bias)
+    }
+    fn linear_as(
+        &self,
+        name: &str,
+        bias: bool,
+        isq: Option<super::IsqType>,
+    ) -> Result<Arc<dyn QuantLinear>> {
+        self.inner.linear_as(name, bias, isq)
+    }
+    fn dense(&self, name: &str) -> Result<Tensor> {
+        self.inner.dense(name)
+    }
+    fn embedding(&self, name: &str) -> Result<Embedding> {
+        self.inner.embedding(name)
+    }
+    fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
+        self.inner.lm_head(name, tied)
+    }
+}
