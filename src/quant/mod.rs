@@ -5,6 +5,7 @@ pub mod ggml;
 pub mod isq;
 pub mod kernels;
 pub mod kquants;
+pub mod organization;
 pub mod topology;
 pub mod unquantized;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use ggml::GgmlLinear;
 pub use isq::IsqType;
+pub use organization::IsqOrganization;
 pub use topology::Topology;
 pub use unquantized::UnquantLinear;
 
