@@ -115,6 +115,12 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             .shape()[0],
     };
     let f = |key: &str, default: f64| g.get(&k(key)).and_then(|v| v.as_f64()).unwrap_or(default);
+    if g.get(&k("expert_count"))
+        .and_then(|v| v.as_u64())
+        .is_some_and(|n| n > 0)
+    {
+        bail!("mixture-of-experts GGUF files are not supported yet; load the safetensors checkpoint with `plain`");
+    }
     let cfg = ModelConfig {
         architecture,
         hidden_size: hidden,
@@ -142,6 +148,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             .map_or(4096, |v| v as usize),
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
         qkv_bias: architecture == Architecture::Qwen2,
+        moe: None,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -271,6 +278,9 @@ impl WeightSource for GgufSource {
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         self.linear_as(name, bias, self.opts.isq_for(name))
+    }
+    fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType> {
+        self.opts.re_isq_type(name, ty)
     }
     fn linear_as(
         &self,

@@ -8,7 +8,7 @@ pub mod plain;
 pub mod safetensors_file;
 
 use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};
-use crate::quant::IsqType;
+use crate::quant::{IsqOrganization, IsqType};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
@@ -35,16 +35,25 @@ pub struct LoadOptions {
     pub isq: Option<IsqType>,
     /// Per-layer / per-weight overrides of `isq`.
     pub topology: Option<crate::quant::Topology>,
+    /// Which linears `isq` applies to (moqe: MoE experts only); a topology rule still
+    /// overrides it.
+    pub organization: IsqOrganization,
     pub device: Device,
 }
 
 impl LoadOptions {
     /// The ISQ type for one linear weight (Hugging Face name without `.weight`).
     pub fn isq_for(&self, name: &str) -> Option<IsqType> {
+        let default = self.re_isq_type(name, self.isq);
         match &self.topology {
-            Some(t) => t.isq_for(name, self.isq),
-            None => self.isq,
+            Some(t) => t.isq_for(name, default),
+            None => default,
         }
+    }
+
+    /// `ty` where the organization covers weight `name`, else None (kept dense).
+    pub fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType> {
+        ty.filter(|_| self.organization.covers(name))
     }
 
     /// The output head keeps its load dtype unless the topology names it (`/lm_head/`).
@@ -66,6 +75,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             isq: None,
             topology: None,
+            organization: IsqOrganization::Default,
             device: Device::Cpu,
         }
     }
@@ -136,6 +146,24 @@ pub(crate) fn finish_load(
     if let Some(t) = &opts.topology {
         t.validate(cfg.num_hidden_layers)?;
     }
+    if opts.organization == IsqOrganization::Moqe {
+        anyhow::ensure!(
+            cfg.moe.is_some(),
+            "--isq-organization moqe quantizes only mixture-of-experts layers, and this {:?} model has none (MoE architectures: mixtral); use --isq-organization default",
+            cfg.architecture
+        );
+    }
+    if opts.any_isq() {
+        tracing::info!(
+            "ISQ organization {}: {}",
+            opts.organization,
+            match opts.organization {
+                IsqOrganization::Default => "every attention and FFN linear",
+                IsqOrganization::Moqe =>
+                    "MoE expert linears only; attention, router, embeddings and head keep the load dtype",
+            }
+        );
+    }
     let what = match opts.isq {
         Some(t) => format!("loading + ISQ {t}"),
         None if opts.any_isq() => "loading + ISQ (topology)".to_string(),
@@ -161,6 +189,7 @@ pub(crate) fn build_model(
     let model: Box<dyn CausalLm> = match cfg.architecture {
         Architecture::Llama => Box::new(models::llama::Llama::load(cfg, src, &progress)?),
         Architecture::Qwen2 => Box::new(models::qwen2::load(cfg, src, &progress)?),
+        Architecture::Mixtral => Box::new(models::mixtral::load(cfg, src, &progress)?),
     };
     bar.finish_and_clear();
     Ok(model)
