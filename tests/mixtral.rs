@@ -1,7 +1,9 @@
 //! Mixtral (sparse MoE) and `--isq-organization moqe` on a tiny random Mixtral checkpoint
 //! the test writes itself, checked against an independent reference forward written
 //! here: dense per-token loops in f64 that run every expert and mask all but the top-k.
+//! The same weights are also written as llama.cpp-style GGUF files.
 
+use candle_core::quantized::GgmlDType;
 use smelt::engine::Engine;
 use smelt::loaders::{LoadOptions, ModelSpec};
 use smelt::models::BatchItem;
@@ -635,5 +637,173 @@ fn cli_flag_runs_and_rejects_bad_input() {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains("moqe"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Writes `w` as a llama.cpp-style GGUF (`general.architecture = llama` with experts,
+/// Q/K rows permuted as llama.cpp does) into `dir/model.gguf`: experts either in merged
+/// 3-D `ffn_*_exps` tensors stored as `expert_dtype`, or one 2-D f32 tensor per expert
+/// (older files).
+fn write_gguf(dir: &Path, w: &Weights, merged: bool, expert_dtype: GgmlDType) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+    let q = |data: Vec<f32>, shape: &[usize], dtype: GgmlDType| {
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+        QTensor::quantize(&t, dtype).unwrap()
+    };
+    let f32_of = |name: &str| {
+        let (shape, data) = &w.data[&format!("{name}.weight")];
+        q(data.clone(), shape, GgmlDType::F32)
+    };
+    // HF row h·hd + s·hd/2 + j sits at llama.cpp row h·hd + 2j + s.
+    let permuted = |name: &str, heads: usize| {
+        let (shape, data) = &w.data[&format!("{name}.weight")];
+        let (rows, cols) = (shape[0], shape[1]);
+        let (hd, half) = (rows / heads, rows / heads / 2);
+        let mut out = vec![0f32; data.len()];
+        for h in 0..heads {
+            for s in 0..2 {
+                for j in 0..half {
+                    let (dst, src) = (h * hd + 2 * j + s, h * hd + s * half + j);
+                    out[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        q(out, shape, GgmlDType::F32)
+    };
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), f32_of("model.embed_tokens")),
+        ("output_norm.weight".into(), f32_of("model.norm")),
+        ("output.weight".into(), f32_of("lm_head")),
+    ];
+    for l in 0..LAYERS {
+        let p = format!("model.layers.{l}");
+        let b = format!("blk.{l}");
+        for (hf, g) in [
+            ("input_layernorm", "attn_norm"),
+            ("post_attention_layernorm", "ffn_norm"),
+            ("self_attn.v_proj", "attn_v"),
+            ("self_attn.o_proj", "attn_output"),
+            ("block_sparse_moe.gate", "ffn_gate_inp"),
+        ] {
+            tensors.push((format!("{b}.{g}.weight"), f32_of(&format!("{p}.{hf}"))));
+        }
+        tensors.push((
+            format!("{b}.attn_q.weight"),
+            permuted(&format!("{p}.self_attn.q_proj"), HEADS),
+        ));
+        tensors.push((
+            format!("{b}.attn_k.weight"),
+            permuted(&format!("{p}.self_attn.k_proj"), KV_HEADS),
+        ));
+        for (hf, kind) in [("w1", "gate"), ("w3", "up"), ("w2", "down")] {
+            let name = |e: usize| format!("{p}.block_sparse_moe.experts.{e}.{hf}");
+            if merged {
+                let shape = w.data[&format!("{}.weight", name(0))].0.clone();
+                let data: Vec<f32> = (0..EXPERTS)
+                    .flat_map(|e| w.get(&name(e)).to_vec())
+                    .collect();
+                let t = q(data, &[EXPERTS, shape[0], shape[1]], expert_dtype);
+                tensors.push((format!("{b}.ffn_{kind}_exps.weight"), t));
+            } else {
+                for e in 0..EXPERTS {
+                    tensors.push((format!("{b}.ffn_{kind}.{e}.weight"), f32_of(&name(e))));
+                }
+            }
+        }
+    }
+    let u = |v: usize| Value::U32(v as u32);
+    let meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", u(HIDDEN)),
+        ("llama.feed_forward_length", u(INTER)),
+        ("llama.block_count", u(LAYERS)),
+        ("llama.attention.head_count", u(HEADS)),
+        ("llama.attention.head_count_kv", u(KV_HEADS)),
+        ("llama.context_length", u(128)),
+        ("llama.expert_count", u(EXPERTS)),
+        ("llama.expert_used_count", u(TOP_K)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(EPS as f32),
+        ),
+        ("llama.rope.freq_base", Value::F32(THETA as f32)),
+    ];
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(dir.join("model.gguf")).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+}
+
+fn gguf_in(dir: &Path) -> ModelSpec {
+    ModelSpec::Gguf {
+        model_id: Some(dir.to_string_lossy().into_owned()),
+        file: "model.gguf".into(),
+        tokenizer_json: None,
+    }
+}
+
+#[test]
+fn gguf_with_merged_or_per_expert_tensors_matches_plain() {
+    let w = random_weights(19);
+    let dir = write_checkpoint("gguf", &w);
+    let toks = tokens(20, 6);
+    let want = reference_forward(&w, &toks);
+
+    // One f32 tensor per expert (older llama.cpp files).
+    write_gguf(&dir, &w, false, GgmlDType::F32);
+    let engine =
+        Engine::new(smelt::load(&gguf_in(&dir), &LoadOptions::default()).unwrap()).unwrap();
+    assert_eq!(
+        engine.model.config().architecture,
+        smelt::models::Architecture::Mixtral
+    );
+    let err = max_diff(&logits(&engine, &toks), &want);
+    assert!(err < 1e-4, "per-expert f32 GGUF: max |Δ| = {err}");
+
+    // Merged 3-D expert tensors stored as Q8_0: the same as the plain checkpoint with
+    // its experts quantized to Q8_0 by moqe ISQ.
+    write_gguf(&dir, &w, true, GgmlDType::Q8_0);
+    let engine =
+        Engine::new(smelt::load(&gguf_in(&dir), &LoadOptions::default()).unwrap()).unwrap();
+    for (name, st) in storage(&engine) {
+        let want = if name.contains(".experts.") {
+            "Q8_0"
+        } else {
+            "F32"
+        };
+        assert_eq!(st, want, "{name}");
+    }
+    let moqe = load(
+        &dir,
+        LoadOptions {
+            isq: Some(IsqType::Q8_0),
+            organization: IsqOrganization::Moqe,
+            ..Default::default()
+        },
+    );
+    let err = max_diff(&logits(&engine, &toks), &logits(&moqe, &toks));
+    assert!(
+        err < 1e-4,
+        "merged Q8_0 GGUF vs plain + moqe Q8_0: max |Δ| = {err}"
+    );
+
+    // moqe ISQ on the GGUF: only the experts change type.
+    let opts = LoadOptions {
+        isq: Some(IsqType::Q4_0),
+        organization: IsqOrganization::Moqe,
+        ..Default::default()
+    };
+    let engine = Engine::new(smelt::load(&gguf_in(&dir), &opts).unwrap()).unwrap();
+    for (name, st) in storage(&engine) {
+        let want = if name.contains(".experts.") {
+            "Q4_0"
+        } else {
+            "F32"
+        };
+        assert_eq!(st, want, "{name}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
