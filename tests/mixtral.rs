@@ -807,3 +807,34 @@ fn gguf_with_merged_or_per_expert_tensors_matches_plain() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn inconsistent_moe_configs_are_clear_errors() {
+    let w = random_weights(23);
+    let dir = write_checkpoint("bad", &w);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    for (key, value, needle) in [
+        (
+            "num_experts_per_tok",
+            serde_json::json!(5),
+            "not a valid MoE",
+        ),
+        ("num_local_experts", serde_json::json!(3), "router"),
+        (
+            "num_local_experts",
+            serde_json::Value::Null,
+            "num_local_experts",
+        ),
+    ] {
+        let mut c = config.clone();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        let err = smelt::load(&spec(&dir), &LoadOptions::default())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

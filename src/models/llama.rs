@@ -24,9 +24,9 @@ struct Attention {
 
 /// A SwiGLU MLP: `down(silu(gate x) · up x)`. Also one expert of a [`SparseMoe`].
 pub(super) struct Mlp {
-    pub(super) gate: Arc<dyn QuantLinear>,
-    pub(super) up: Arc<dyn QuantLinear>,
-    pub(super) down: Arc<dyn QuantLinear>,
+    gate: Arc<dyn QuantLinear>,
+    up: Arc<dyn QuantLinear>,
+    down: Arc<dyn QuantLinear>,
 }
 
 /// The block's feed-forward part.
@@ -150,15 +150,16 @@ impl Mlp {
         [&mut self.gate, &mut self.up, &mut self.down]
     }
 
-    pub(super) fn check_shapes(&self, hidden: usize, inter: usize) -> Result<()> {
+    /// `names` as for [`Mlp::load`].
+    pub(super) fn check_shapes(&self, hidden: usize, inter: usize, names: [&str; 3]) -> Result<()> {
         for (name, lin, shape) in [
-            ("gate", &self.gate, (inter, hidden)),
-            ("up", &self.up, (inter, hidden)),
-            ("down", &self.down, (hidden, inter)),
+            (names[0], &self.gate, (inter, hidden)),
+            (names[1], &self.up, (inter, hidden)),
+            (names[2], &self.down, (hidden, inter)),
         ] {
             anyhow::ensure!(
                 lin.shape() == shape,
-                "{name} projection has shape {:?}, the config implies {shape:?}",
+                "{name} has shape {:?}, the config implies {shape:?}",
                 lin.shape()
             );
         }
@@ -222,7 +223,7 @@ impl Block {
             );
         }
         match &self.ffn {
-            Ffn::Dense(m) => m.check_shapes(h, cfg.intermediate_size),
+            Ffn::Dense(m) => m.check_shapes(h, cfg.intermediate_size, MLP_NAMES),
             Ffn::Moe(m) => m.check_shapes(h, cfg.intermediate_size),
         }
     }

@@ -59,7 +59,7 @@ impl SparseMoe {
             self.router.shape()
         );
         for (e, m) in self.experts.iter().enumerate() {
-            m.check_shapes(hidden, inter)
+            m.check_shapes(hidden, inter, EXPERT_NAMES)
                 .with_context(|| format!("expert {e}"))?;
         }
         Ok(())
