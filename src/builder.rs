@@ -58,6 +58,12 @@ impl ModelBuilder {
         self
     }
 
+    /// Which linears ISQ applies to (`Moqe`: only the experts of an MoE model).
+    pub fn with_isq_organization(mut self, org: crate::quant::IsqOrganization) -> Self {
+        self.opts.organization = org;
+        self
+    }
+
     /// Storage dtype of unquantized weights (f32 by default).
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.opts.dtype = dtype;

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use smelt::engine::sampling::SamplingParams;
 use smelt::engine::{Engine, GenerateRequest};
 use smelt::loaders::{LoadOptions, ModelSpec};
-use smelt::quant::IsqType;
+use smelt::quant::{IsqOrganization, IsqType};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
@@ -43,6 +43,11 @@ struct Cli {
     /// Chunk length (tokens) for --calibration-file.
     #[arg(long, global = true, default_value_t = 512)]
     calibration_ctx: usize,
+    /// Which linears --isq quantizes: `default` (every attention and MLP linear) or
+    /// `moqe` (only the experts of a mixture-of-experts model such as Mixtral; attention,
+    /// router, embeddings and head keep the load dtype). --topology rules still override.
+    #[arg(long, global = true, value_name = "ORG", default_value = "default", value_parser = parse_organization)]
+    isq_organization: IsqOrganization,
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long, global = true)]
     threads: Option<usize>,
@@ -238,6 +243,10 @@ fn parse_isq(s: &str) -> Result<IsqType, String> {
     s.parse().map_err(|e: anyhow::Error| e.to_string())
 }
 
+fn parse_organization(s: &str) -> Result<IsqOrganization, String> {
+    s.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
 fn parse_dtype(s: &str) -> Result<DType, String> {
     match s.to_ascii_lowercase().as_str() {
         "f32" | "float32" => Ok(DType::F32),
@@ -329,12 +338,19 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
         topology,
         imatrix,
         from_uqff: cli.from_uqff.clone(),
+        organization: cli.isq_organization,
         ..Default::default()
     };
     if let Some(t) = cli.isq {
+        let which = match cli.isq_organization {
+            IsqOrganization::Default => "attention and MLP linears",
+            IsqOrganization::Moqe => "MoE expert linears (moqe)",
+        };
         tracing::info!(
-            "ISQ: attention and MLP linears → {t} (bit widths on the CPU: 2→Q2K, 3→Q3K, 4→Q4K, 5→Q5K, 6→Q6K, 8→Q8_0)"
+            "ISQ: {which} → {t} (bit widths on the CPU: 2→Q2K, 3→Q3K, 4→Q4K, 5→Q5K, 6→Q6K, 8→Q8_0)"
         );
+    } else if cli.isq_organization == IsqOrganization::Moqe && cli.topology.is_none() {
+        tracing::warn!("--isq-organization moqe without --isq quantizes nothing");
     }
     let loaded = smelt::load(&spec, &opts)?;
     if let Some(path) = &cli.write_uqff {

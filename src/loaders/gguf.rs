@@ -5,7 +5,7 @@ use super::gguf_file::{GgufFile, GgufValue};
 use super::hub::ModelFiles;
 use super::{LoadOptions, LoadedModel};
 use crate::models::config::Architecture;
-use crate::models::{Embedding, ModelConfig, WeightSource};
+use crate::models::{Embedding, ModelConfig, MoeConfig, WeightSource};
 use crate::quant::{GgmlLinear, IsqType, QuantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QTensor};
@@ -95,8 +95,26 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         .as_str()
         .context("general.architecture is not a string")?
         .to_string();
-    let architecture = Architecture::parse(&arch_name)?;
+    let mut architecture = Architecture::parse(&arch_name)?;
     let k = |s: &str| format!("{arch_name}.{s}");
+    // llama.cpp writes Mixtral as a `llama` model with experts.
+    let moe = match g.get(&k("expert_count")).and_then(|v| v.as_u64()) {
+        Some(n) if n > 0 => {
+            anyhow::ensure!(
+                matches!(architecture, Architecture::Llama | Architecture::Mixtral),
+                "mixture-of-experts GGUF files are supported for llama/mixtral only, not {arch_name}"
+            );
+            architecture = Architecture::Mixtral;
+            Some(MoeConfig {
+                num_experts: n as usize,
+                top_k: g
+                    .get(&k("expert_used_count"))
+                    .and_then(|v| v.as_u64())
+                    .map_or(2, |v| v as usize),
+            })
+        }
+        _ => None,
+    };
     let hidden = meta_usize(g, &k("embedding_length"))?;
     let n_head = meta_usize(g, &k("attention.head_count"))?;
     let n_kv = g
@@ -142,6 +160,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             .map_or(4096, |v| v as usize),
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
         qkv_bias: architecture == Architecture::Qwen2,
+        moe,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -168,6 +187,7 @@ pub(crate) fn gguf_name(hf: &str) -> Result<String> {
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
+                "block_sparse_moe.gate" => "ffn_gate_inp",
                 "input_layernorm" => "attn_norm",
                 "post_attention_layernorm" => "ffn_norm",
                 _ => bail!("no GGUF name for {hf}"),
@@ -175,6 +195,21 @@ pub(crate) fn gguf_name(hf: &str) -> Result<String> {
             format!("blk.{layer}.{m}")
         }
     })
+}
+
+/// (layer, llama.cpp FFN kind, expert) of an expert weight,
+/// `model.layers.3.block_sparse_moe.experts.5.w1` → ("3", "gate", 5).
+fn expert_parts(hf: &str) -> Option<(&str, &'static str, usize)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once(".block_sparse_moe.experts.")?;
+    let (e, w) = rest.split_once('.')?;
+    let kind = match w {
+        "w1" => "gate",
+        "w3" => "up",
+        "w2" => "down",
+        _ => return None,
+    };
+    Some((layer, kind, e.parse().ok()?))
 }
 
 struct GgufSource {
@@ -191,7 +226,7 @@ impl GgufSource {
     /// llama.cpp permutes the rows of Llama's Q and K so rotary pairs are adjacent; the
     /// decoder uses transformers' rotate-half convention, so undo it (Qwen2 is unpermuted).
     fn rope_heads(&self, hf: &str) -> Option<usize> {
-        if self.arch != Architecture::Llama {
+        if !matches!(self.arch, Architecture::Llama | Architecture::Mixtral) {
             return None;
         }
         if hf.ends_with("self_attn.q_proj") {
@@ -203,12 +238,50 @@ impl GgufSource {
         }
     }
 
+    /// The GGUF tensor (with `.weight`) holding Hugging Face weight `hf`, and for an
+    /// expert stored in llama.cpp's merged 3-D tensor (`blk.N.ffn_gate_exps`, experts
+    /// outermost) its index there; older files keep one tensor per expert
+    /// (`blk.N.ffn_gate.E`).
+    fn tensor_for(&self, hf: &str) -> Result<(String, Option<usize>)> {
+        if let Some((layer, kind, e)) = expert_parts(hf) {
+            let merged = format!("blk.{layer}.ffn_{kind}_exps.weight");
+            if self.file.tensor_info(&merged).is_some() {
+                return Ok((merged, Some(e)));
+            }
+            return Ok((format!("blk.{layer}.ffn_{kind}.{e}.weight"), None));
+        }
+        Ok((format!("{}.weight", gguf_name(hf)?), None))
+    }
+
     fn qtensor(&self, gguf: &str, unpermute_heads: Option<usize>) -> Result<QTensor> {
+        self.qtensor_part(gguf, unpermute_heads, None)
+    }
+
+    /// Tensor `gguf`, or with `expert` one 2-D slice of a 3-D expert tensor.
+    fn qtensor_part(
+        &self,
+        gguf: &str,
+        unpermute_heads: Option<usize>,
+        expert: Option<usize>,
+    ) -> Result<QTensor> {
         let info = self.file.tensor_info(gguf).with_context(|| {
             format!("tensor {gguf} is missing from {}", self.file.path.display())
         })?;
-        let bytes = self.file.tensor_bytes(info);
-        let shape = info.shape();
+        let mut bytes = self.file.tensor_bytes(info);
+        let mut shape = info.shape();
+        let mut last_part = true;
+        if let Some(e) = expert {
+            anyhow::ensure!(
+                shape.len() == 3 && e < shape[0],
+                "tensor {gguf} of shape {shape:?} holds no expert {e}"
+            );
+            let n = shape[0];
+            let per = bytes.len() / n;
+            bytes = &bytes[e * per..(e + 1) * per];
+            shape.remove(0);
+            // The pages are shared by all experts: hand them back after the last.
+            last_part = e + 1 == n;
+        }
         let q = match unpermute_heads {
             Some(heads) => {
                 let rows = shape[0];
@@ -222,7 +295,9 @@ impl GgufSource {
             }
             None => qtensor_from_ggml(info.dtype, bytes, shape, &self.device)?,
         };
-        self.file.release(info);
+        if last_part {
+            self.file.release(info);
+        }
         Ok(q)
     }
 
@@ -267,10 +342,14 @@ impl WeightSource for GgufSource {
         &self.device
     }
     fn has(&self, name: &str) -> bool {
-        gguf_name(name).is_ok_and(|n| self.file.tensor_info(&format!("{n}.weight")).is_some())
+        self.tensor_for(name)
+            .is_ok_and(|(n, _)| self.file.tensor_info(&n).is_some())
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         self.linear_as(name, bias, self.opts.isq_for(name))
+    }
+    fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType> {
+        self.opts.re_isq_type(name, ty)
     }
     fn linear_as(
         &self,
@@ -278,20 +357,20 @@ impl WeightSource for GgufSource {
         bias: bool,
         isq: Option<IsqType>,
     ) -> Result<Arc<dyn QuantLinear>> {
-        let g = gguf_name(name)?;
         let heads = self.rope_heads(name);
         let bias = if bias {
-            Some(self.dense_tensor(&format!("{g}.bias"), heads)?)
+            Some(self.dense_tensor(&format!("{}.bias", gguf_name(name)?), heads)?)
         } else {
             None
         };
-        let q = self.qtensor(&format!("{g}.weight"), heads)?;
+        let (tensor, expert) = self.tensor_for(name)?;
+        let q = self.qtensor_part(&tensor, heads, expert)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;
         match isq {
             Some(ty) => self
                 .opts
                 .quantize(name, &lin.dequantize()?, lin.bias().cloned(), ty)
-                .with_context(|| format!("quantizing {g}.weight to {ty}")),
+                .with_context(|| format!("quantizing {tensor} to {ty}")),
             None => Ok(Arc::new(lin)),
         }
     }
@@ -347,5 +426,14 @@ mod tests {
         );
         assert_eq!(gguf_name("lm_head").unwrap(), "output");
         assert!(gguf_name("model.layers.0.foo").is_err());
+        assert_eq!(
+            gguf_name("model.layers.2.block_sparse_moe.gate").unwrap(),
+            "blk.2.ffn_gate_inp"
+        );
+        assert_eq!(
+            expert_parts("model.layers.2.block_sparse_moe.experts.7.w3"),
+            Some(("2", "up", 7))
+        );
+        assert_eq!(expert_parts("model.layers.2.mlp.up_proj"), None);
     }
 }

@@ -8,7 +8,7 @@ pub mod plain;
 pub mod safetensors_file;
 
 use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};
-use crate::quant::IsqType;
+use crate::quant::{IsqOrganization, IsqType};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
@@ -39,15 +39,19 @@ pub struct LoadOptions {
     pub imatrix: Option<std::sync::Arc<crate::quant::imatrix::Imatrix>>,
     /// Take attention and MLP linears from this UQFF file instead of quantizing.
     pub from_uqff: Option<PathBuf>,
+    /// Which linears `isq` applies to (moqe: MoE experts only); a topology rule still
+    /// overrides it.
+    pub organization: IsqOrganization,
     pub device: Device,
 }
 
 impl LoadOptions {
     /// The ISQ type for one linear weight (Hugging Face name without `.weight`).
     pub fn isq_for(&self, name: &str) -> Option<IsqType> {
+        let default = self.re_isq_type(name, self.isq);
         match &self.topology {
-            Some(t) => t.isq_for(name, self.isq),
-            None => self.isq,
+            Some(t) => t.isq_for(name, default),
+            None => default,
         }
     }
 
@@ -71,6 +75,11 @@ impl LoadOptions {
         crate::quant::isq::quantize_linear_weighted(weight, bias, ty, im)
     }
 
+    /// `ty` where the organization covers weight `name`, else None (kept dense).
+    pub fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType> {
+        ty.filter(|_| self.organization.covers(name))
+    }
+
     /// The output head keeps its load dtype unless the topology names it (`/lm_head/`).
     pub fn head_isq(&self) -> Option<IsqType> {
         self.topology
@@ -92,6 +101,7 @@ impl Default for LoadOptions {
             topology: None,
             imatrix: None,
             from_uqff: None,
+            organization: IsqOrganization::Default,
             device: Device::Cpu,
         }
     }
@@ -180,6 +190,24 @@ pub(crate) fn finish_load(
         }
         None => src,
     };
+    if opts.organization == IsqOrganization::Moqe {
+        anyhow::ensure!(
+            cfg.moe.is_some(),
+            "--isq-organization moqe quantizes only mixture-of-experts layers, and this {:?} model has none (MoE architectures: mixtral); use --isq-organization default",
+            cfg.architecture
+        );
+    }
+    if opts.any_isq() {
+        tracing::info!(
+            "ISQ organization {}: {}",
+            opts.organization,
+            match opts.organization {
+                IsqOrganization::Default => "every attention and FFN linear",
+                IsqOrganization::Moqe =>
+                    "MoE expert linears only; attention, router, embeddings and head keep the load dtype",
+            }
+        );
+    }
     let what = match opts.isq {
         Some(t) => format!("loading + ISQ {t}"),
         None if opts.any_isq() => "loading + ISQ (topology)".to_string(),
@@ -205,6 +233,7 @@ pub(crate) fn build_model(
     let model: Box<dyn CausalLm> = match cfg.architecture {
         Architecture::Llama => Box::new(models::llama::Llama::load(cfg, src, &progress)?),
         Architecture::Qwen2 => Box::new(models::qwen2::load(cfg, src, &progress)?),
+        Architecture::Mixtral => Box::new(models::mixtral::load(cfg, src, &progress)?),
     };
     bar.finish_and_clear();
     Ok(model)

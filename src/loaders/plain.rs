@@ -162,6 +162,9 @@ impl WeightSource for SafetensorsSource {
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         self.linear_as(name, bias, self.opts.isq_for(name))
     }
+    fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType> {
+        self.opts.re_isq_type(name, ty)
+    }
     fn linear_as(
         &self,
         name: &str,

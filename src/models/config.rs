@@ -7,10 +7,12 @@ use serde::Deserialize;
 pub enum Architecture {
     Llama,
     Qwen2,
+    /// The Llama decoder with a sparse mixture-of-experts FFN.
+    Mixtral,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &str =
-    "llama (LlamaForCausalLM, MistralForCausalLM), qwen2 (Qwen2ForCausalLM)";
+    "llama (LlamaForCausalLM, MistralForCausalLM), qwen2 (Qwen2ForCausalLM), mixtral (MixtralForCausalLM)";
 
 impl Architecture {
     /// From a config.json `model_type` / `architectures` entry or a GGUF
@@ -19,6 +21,7 @@ impl Architecture {
         Ok(match name.to_ascii_lowercase().as_str() {
             "llama" | "llamaforcausallm" | "mistral" | "mistralforcausallm" => Self::Llama,
             "qwen2" | "qwen2forcausallm" => Self::Qwen2,
+            "mixtral" | "mixtralforcausallm" => Self::Mixtral,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }
@@ -31,6 +34,14 @@ pub struct Llama3RopeScaling {
     pub low_freq_factor: f64,
     pub high_freq_factor: f64,
     pub original_max_position_embeddings: usize,
+}
+
+/// A sparse mixture-of-experts FFN: a router picks `top_k` of `num_experts` SwiGLU
+/// experts per token (each `intermediate_size` wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    pub top_k: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +64,8 @@ pub struct ModelConfig {
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections (Qwen2).
     pub qkv_bias: bool,
+    /// Sparse MoE FFN instead of the dense MLP (Mixtral).
+    pub moe: Option<MoeConfig>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +85,8 @@ struct HfConfig {
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
+    num_local_experts: Option<usize>,
+    num_experts_per_tok: Option<usize>,
 }
 
 impl ModelConfig {
@@ -117,7 +132,16 @@ impl ModelConfig {
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             qkv_bias: match architecture {
                 Architecture::Qwen2 => true,
-                Architecture::Llama => c.attention_bias.unwrap_or(false),
+                Architecture::Llama | Architecture::Mixtral => c.attention_bias.unwrap_or(false),
+            },
+            moe: match architecture {
+                Architecture::Mixtral => Some(MoeConfig {
+                    num_experts: c
+                        .num_local_experts
+                        .context("a mixtral config.json needs num_local_experts")?,
+                    top_k: c.num_experts_per_tok.unwrap_or(2),
+                }),
+                Architecture::Llama | Architecture::Qwen2 => None,
             },
         };
         cfg.validate()?;
@@ -148,6 +172,15 @@ impl ModelConfig {
                 bail!(
                     "rope frequency factors must be {} positive numbers",
                     self.head_dim / 2
+                );
+            }
+        }
+        if let Some(m) = self.moe {
+            if m.num_experts == 0 || m.top_k == 0 || m.top_k > m.num_experts {
+                bail!(
+                    "config: {} experts per token out of {} experts is not a valid MoE",
+                    m.top_k,
+                    m.num_experts
                 );
             }
         }

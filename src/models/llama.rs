@@ -1,7 +1,9 @@
 //! The Llama decoder (Llama 2/3, Mistral, SmolLM): GQA attention with RoPE, RMSNorm,
-//! SwiGLU MLP, tied or untied output head. Qwen2 reuses it with q/k/v biases.
+//! SwiGLU MLP, tied or untied output head. Qwen2 reuses it with q/k/v biases, Mixtral
+//! with a sparse mixture of experts in place of the MLP ([`Ffn`]).
 
 use super::config::ModelConfig;
+use super::mixtral::SparseMoe;
 use super::rope::RotaryEmbedding;
 use super::{ops, BatchItem, CausalLm, Embedding, WeightSource};
 use crate::quant::kernels;
@@ -20,17 +22,27 @@ struct Attention {
     o: Arc<dyn QuantLinear>,
 }
 
-struct Mlp {
+/// A SwiGLU MLP: `down(silu(gate x) · up x)`. Also one expert of a [`SparseMoe`].
+pub(super) struct Mlp {
     gate: Arc<dyn QuantLinear>,
     up: Arc<dyn QuantLinear>,
     down: Arc<dyn QuantLinear>,
 }
 
+/// The block's feed-forward part.
+enum Ffn {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+/// Names (within a layer) of the dense MLP's gate, up and down projections.
+const MLP_NAMES: [&str; 3] = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
 struct Block {
     input_norm: Vec<f32>,
     attn: Attention,
     post_attn_norm: Vec<f32>,
-    mlp: Mlp,
+    ffn: Ffn,
 }
 
 pub struct Llama {
@@ -73,10 +85,9 @@ impl Llama {
                     &format!("{p}.post_attention_layernorm"),
                     cfg.hidden_size,
                 )?,
-                mlp: Mlp {
-                    gate: lin("mlp.gate_proj", false)?,
-                    up: lin("mlp.up_proj", false)?,
-                    down: lin("mlp.down_proj", false)?,
+                ffn: match cfg.moe {
+                    None => Ffn::Dense(Mlp::load(src, &p, MLP_NAMES)?),
+                    Some(moe) => Ffn::Moe(SparseMoe::load(src, &p, moe)?),
                 },
             };
             block
@@ -111,31 +122,87 @@ impl Llama {
     }
 
     fn linears_mut(&mut self) -> impl Iterator<Item = &mut Arc<dyn QuantLinear>> {
-        self.blocks.iter_mut().flat_map(|b| {
-            [
-                &mut b.attn.q,
-                &mut b.attn.k,
-                &mut b.attn.v,
-                &mut b.attn.o,
-                &mut b.mlp.gate,
-                &mut b.mlp.up,
-                &mut b.mlp.down,
-            ]
-        })
+        self.blocks.iter_mut().flat_map(|b| b.linears_mut())
     }
 
     fn linears(&self) -> impl Iterator<Item = &Arc<dyn QuantLinear>> {
-        self.blocks.iter().flat_map(|b| {
-            [
-                &b.attn.q,
-                &b.attn.k,
-                &b.attn.v,
-                &b.attn.o,
-                &b.mlp.gate,
-                &b.mlp.up,
-                &b.mlp.down,
-            ]
+        self.blocks.iter().flat_map(|b| b.linears())
+    }
+}
+
+impl Mlp {
+    /// `names`: the gate, up and down projections under layer prefix `p`.
+    pub(super) fn load(src: &dyn WeightSource, p: &str, names: [&str; 3]) -> Result<Self> {
+        let lin = |n: &str| src.linear(&format!("{p}.{n}"), false);
+        Ok(Self {
+            gate: lin(names[0])?,
+            up: lin(names[1])?,
+            down: lin(names[2])?,
         })
+    }
+
+    /// Gate, up, down.
+    pub(super) fn linears(&self) -> [&Arc<dyn QuantLinear>; 3] {
+        [&self.gate, &self.up, &self.down]
+    }
+
+    pub(super) fn linears_mut(&mut self) -> [&mut Arc<dyn QuantLinear>; 3] {
+        [&mut self.gate, &mut self.up, &mut self.down]
+    }
+
+    /// `names` as for [`Mlp::load`].
+    pub(super) fn check_shapes(&self, hidden: usize, inter: usize, names: [&str; 3]) -> Result<()> {
+        for (name, lin, shape) in [
+            (names[0], &self.gate, (inter, hidden)),
+            (names[1], &self.up, (inter, hidden)),
+            (names[2], &self.down, (hidden, inter)),
+        ] {
+            anyhow::ensure!(
+                lin.shape() == shape,
+                "{name} has shape {:?}, the config implies {shape:?}",
+                lin.shape()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Ffn {
+    fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
+        match self {
+            Self::Dense(m) => m.linears().to_vec(),
+            Self::Moe(m) => m.linears(),
+        }
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
+        match self {
+            Self::Dense(m) => m.linears_mut().into_iter().collect(),
+            Self::Moe(m) => m.linears_mut(),
+        }
+    }
+
+    /// Names within the layer, in `linears` order.
+    fn linear_names(&self) -> Vec<String> {
+        match self {
+            Self::Dense(_) => MLP_NAMES.iter().map(|n| n.to_string()).collect(),
+            Self::Moe(m) => m.linear_names(),
+        }
+    }
+
+    /// Bytes of FFN weights one token reads (a MoE reads its router and top-k experts).
+    fn decode_bytes(&self) -> usize {
+        match self {
+            Self::Dense(m) => m.linears().iter().map(|l| l.size_in_bytes()).sum(),
+            Self::Moe(m) => m.decode_bytes(),
+        }
+    }
+
+    fn forward(&self, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
+        match self {
+            Self::Dense(m) => m.forward(x, groups),
+            Self::Moe(m) => m.forward(x, groups),
+        }
     }
 }
 
@@ -147,9 +214,6 @@ impl Block {
             ("k_proj", &self.attn.k, (cfg.num_key_value_heads * hd, h)),
             ("v_proj", &self.attn.v, (cfg.num_key_value_heads * hd, h)),
             ("o_proj", &self.attn.o, (h, cfg.num_attention_heads * hd)),
-            ("gate_proj", &self.mlp.gate, (cfg.intermediate_size, h)),
-            ("up_proj", &self.mlp.up, (cfg.intermediate_size, h)),
-            ("down_proj", &self.mlp.down, (h, cfg.intermediate_size)),
         ];
         for (name, lin, shape) in expect {
             anyhow::ensure!(
@@ -158,7 +222,40 @@ impl Block {
                 lin.shape()
             );
         }
-        Ok(())
+        match &self.ffn {
+            Ffn::Dense(m) => m.check_shapes(h, cfg.intermediate_size, MLP_NAMES),
+            Ffn::Moe(m) => m.check_shapes(h, cfg.intermediate_size),
+        }
+    }
+
+    /// Attention's q, k, v, o, then the FFN's linears.
+    fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
+        let a = &self.attn;
+        let mut v = vec![&a.q, &a.k, &a.v, &a.o];
+        v.extend(self.ffn.linears());
+        v
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
+        let a = &mut self.attn;
+        let mut v = vec![&mut a.q, &mut a.k, &mut a.v, &mut a.o];
+        v.extend(self.ffn.linears_mut());
+        v
+    }
+
+    /// (name within the layer, has bias) of each linear, in `linears` order.
+    fn linear_specs(&self, cfg: &ModelConfig) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = [
+            ("self_attn.q_proj", cfg.qkv_bias),
+            ("self_attn.k_proj", cfg.qkv_bias),
+            ("self_attn.v_proj", cfg.qkv_bias),
+            ("self_attn.o_proj", false),
+        ]
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b))
+        .collect();
+        v.extend(self.ffn.linear_names().into_iter().map(|n| (n, false)));
+        v
     }
 
     /// One layer over the residual stream `x` (token-major rows of every item, hidden
@@ -175,7 +272,7 @@ impl Block {
         let h = self.attn.forward(h, batch, cfg, layer)?;
         ops::add_in_place(x, &h);
         let h = ops::rms_norm(x, &self.post_attn_norm, eps);
-        let h = self.mlp.forward(h, &batch.groups)?;
+        let h = self.ffn.forward(h, &batch.groups)?;
         ops::add_in_place(x, &h);
         Ok(())
     }
@@ -216,7 +313,11 @@ fn row_groups(lens: &[usize]) -> Vec<Range<usize>> {
 }
 
 /// A linear applied to token-major f32 rows, one call per row group.
-fn apply(lin: &dyn QuantLinear, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
+pub(super) fn apply(
+    lin: &dyn QuantLinear,
+    x: Vec<f32>,
+    groups: &[Range<usize>],
+) -> Result<Vec<f32>> {
     let rows: usize = groups.iter().map(|g| g.len()).sum();
     let cols = x.len() / rows.max(1);
     let run = |x: Vec<f32>, t: usize| -> Result<Vec<f32>> {
@@ -258,7 +359,7 @@ fn norm_weight(src: &dyn WeightSource, name: &str, hidden: usize) -> Result<Vec<
 }
 
 impl Mlp {
-    fn forward(&self, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
         let up = apply(self.up.as_ref(), x.clone(), groups)?;
         let gate = apply(self.gate.as_ref(), x, groups)?;
         apply(self.down.as_ref(), ops::swiglu(&gate, &up), groups)
@@ -398,9 +499,19 @@ impl CausalLm for Llama {
             .iter()
             .map(|b| 4 * (b.input_norm.len() + b.post_attn_norm.len()))
             .sum();
-        self.linears().map(|l| l.size_in_bytes()).sum::<usize>()
-            + self.lm_head.size_in_bytes()
-            + norms
+        let linears: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let a = &b.attn;
+                [&a.q, &a.k, &a.v, &a.o]
+                    .iter()
+                    .map(|l| l.size_in_bytes())
+                    .sum::<usize>()
+                    + b.ffn.decode_bytes()
+            })
+            .sum();
+        linears + self.lm_head.size_in_bytes() + norms
     }
 
     fn linear_storage_summary(&self) -> Vec<(String, usize)> {
@@ -412,25 +523,13 @@ impl CausalLm for Llama {
     }
 
     fn named_linears(&self) -> Vec<(String, Arc<dyn QuantLinear>)> {
-        const NAMES: [&str; 7] = [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ];
-        // `linears()` yields each block's seven in this order.
-        self.linears()
-            .enumerate()
-            .map(|(k, l)| {
-                (
-                    format!("model.layers.{}.{}", k / 7, NAMES[k % 7]),
-                    l.clone(),
-                )
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for ((name, _), l) in b.linear_specs(&self.cfg).into_iter().zip(b.linears()) {
+                out.push((format!("model.layers.{i}.{name}"), l.clone()));
+            }
+        }
+        out
     }
 
     fn map_linears(
@@ -438,37 +537,37 @@ impl CausalLm for Llama {
         wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,
     ) {
         for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (name, slot) in [
-                ("self_attn.q_proj", &mut b.attn.q),
-                ("self_attn.k_proj", &mut b.attn.k),
-                ("self_attn.v_proj", &mut b.attn.v),
-                ("self_attn.o_proj", &mut b.attn.o),
-                ("mlp.gate_proj", &mut b.mlp.gate),
-                ("mlp.up_proj", &mut b.mlp.up),
-                ("mlp.down_proj", &mut b.mlp.down),
-            ] {
+            let names: Vec<String> = b
+                .linear_specs(&self.cfg)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            for (name, slot) in names.iter().zip(b.linears_mut()) {
                 *slot = wrap(&format!("model.layers.{i}.{name}"), slot.clone());
             }
         }
     }
 
+    fn linear_storage_by_name(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for ((name, _), l) in b.linear_specs(&self.cfg).into_iter().zip(b.linears()) {
+                out.push((format!("model.layers.{i}.{name}"), l.storage_name()));
+            }
+        }
+        out.push(("lm_head".to_string(), self.lm_head.storage_name()));
+        out
+    }
+
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()> {
-        // Build every new layer first, so a failure changes nothing.
-        let mut fresh = Vec::with_capacity(self.blocks.len() * 7);
-        for i in 0..self.blocks.len() {
-            for (name, bias) in [
-                ("self_attn.q_proj", self.cfg.qkv_bias),
-                ("self_attn.k_proj", self.cfg.qkv_bias),
-                ("self_attn.v_proj", self.cfg.qkv_bias),
-                ("self_attn.o_proj", false),
-                ("mlp.gate_proj", false),
-                ("mlp.up_proj", false),
-                ("mlp.down_proj", false),
-            ] {
-                fresh.push(
-                    self.source
-                        .linear_as(&format!("model.layers.{i}.{name}"), bias, ty)?,
-                );
+        // Build every new layer first, so a failure changes nothing. The ISQ
+        // organization the model was loaded with still decides which layers take `ty`.
+        let mut fresh = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (name, bias) in b.linear_specs(&self.cfg) {
+                let name = format!("model.layers.{i}.{name}");
+                let ty = self.source.re_isq_type(&name, ty);
+                fresh.push(self.source.linear_as(&name, bias, ty)?);
             }
         }
         for (slot, new) in self.linears_mut().zip(fresh) {

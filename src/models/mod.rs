@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod mixtral;
 pub mod ops;
 pub mod qwen2;
 pub mod rope;
@@ -14,7 +15,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
-pub use config::{Architecture, ModelConfig};
+pub use config::{Architecture, ModelConfig, MoeConfig};
 
 /// Where a model's weights come from. Names are Hugging Face's without the `.weight`
 /// suffix (`model.layers.3.self_attn.q_proj`); each loader maps them to its own layout.
@@ -31,6 +32,10 @@ pub trait WeightSource: Send + Sync {
         bias: bool,
         isq: Option<IsqType>,
     ) -> Result<Arc<dyn QuantLinear>>;
+    /// The type `re_isq(ty)` gives weight `name`: `ty`, or None where the ISQ
+    /// organization the model was loaded with keeps the weight dense (moqe: all but the
+    /// MoE experts).
+    fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType>;
     /// A small dense tensor (norm weights) as f32.
     fn dense(&self, name: &str) -> Result<Tensor>;
     fn embedding(&self, name: &str) -> Result<Embedding>;
@@ -120,7 +125,11 @@ pub trait CausalLm: Send + Sync {
     fn decode_bytes_per_token(&self) -> usize;
     /// (storage name, number of linears) for the log line after loading.
     fn linear_storage_summary(&self) -> Vec<(String, usize)>;
-    /// Re-quantize every linear of attention and MLP to `ty` (None: dense) from the
+    /// (weight name, storage name) of every linear, the output head last
+    /// (`model.layers.0.self_attn.q_proj` → `Q8_0`): which layers ISQ reached.
+    fn linear_storage_by_name(&self) -> Vec<(String, String)>;
+    /// Re-quantize every linear of attention and MLP (or, loaded with
+    /// `--isq-organization moqe`, of the MoE experts) to `ty` (None: dense) from the
     /// source weights, which stay memory-mapped; errors leave the model as it was.
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()>;
     /// Every attention and MLP linear with its Hugging Face name (for UQFF files).

@@ -248,6 +248,7 @@ mod tests {
             max_position_embeddings: 16,
             tie_word_embeddings: true,
             qkv_bias: false,
+            moe: None,
         };
         let rope = RotaryEmbedding::new(&cfg, &Device::Cpu).unwrap();
         let mut q = random(t * heads * hd, 3);

@@ -6,6 +6,7 @@ pub mod imatrix;
 pub mod isq;
 pub mod kernels;
 pub mod kquants;
+pub mod organization;
 pub mod topology;
 pub mod unquantized;
 pub mod uqff;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 pub use ggml::GgmlLinear;
 pub use isq::IsqType;
+pub use organization::IsqOrganization;
 pub use topology::Topology;
 pub use unquantized::UnquantLinear;
 

@@ -316,6 +316,9 @@ impl WeightSource for UqffSource {
     ) -> Result<Arc<dyn QuantLinear>> {
         self.inner.linear_as(name, bias, isq)
     }
+    fn re_isq_type(&self, name: &str, ty: Option<super::IsqType>) -> Option<super::IsqType> {
+        self.inner.re_isq_type(name, ty)
+    }
     fn dense(&self, name: &str) -> Result<Tensor> {
         self.inner.dense(name)
     }
