@@ -95,10 +95,11 @@ impl Imatrix {
                 bail!("entry {name}: bad value count {nval}");
             }
             let raw = r.bytes(nval as usize * 4, "values")?;
-            let scale = if ncall > 0 { 1.0 / ncall as f32 } else { 1.0 };
+            // llama.cpp's reader divides by ncall to get the means back.
+            let div = if ncall > 0 { ncall as f32 } else { 1.0 };
             let values: Vec<f32> = raw
                 .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * scale)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) / div)
                 .collect();
             chunks = chunks.max(ncall.max(0) as usize);
             entries.insert(strip_weight(&name).to_string(), values);
