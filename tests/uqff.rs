@@ -1,0 +1,138 @@
+//! UQFF files: a model ISQ'd and saved with `--write-uqff` loads back with `--from-uqff`
+//! without quantizing and gives bit-identical logits; files from another model, of a
+//! newer format version, or truncated are clear errors.
+
+mod common;
+
+use common::*;
+use smelt::loaders::{LoadOptions, ModelSpec};
+use smelt::quant::IsqType;
+use std::path::{Path, PathBuf};
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("smelt-uqff-{}-{name}", std::process::id()))
+}
+
+fn logits(loaded: &smelt::loaders::LoadedModel, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = loaded.model.new_cache();
+    loaded
+        .model
+        .forward(tokens, &mut cache, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn from_uqff(spec: &ModelSpec, path: &Path) -> anyhow::Result<smelt::loaders::LoadedModel> {
+    let opts = LoadOptions {
+        from_uqff: Some(path.to_path_buf()),
+        ..Default::default()
+    };
+    smelt::load(spec, &opts)
+}
+
+#[test]
+fn uqff_round_trip_is_bit_identical_for_plain_and_gguf() {
+    let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
+    for (spec, ty) in [(plain_spec(), IsqType::Q4K), (gguf_spec(), IsqType::Q8_0)] {
+        let opts = LoadOptions {
+            isq: Some(ty),
+            ..Default::default()
+        };
+        let isq = smelt::load(&spec, &opts).unwrap();
+        let path = tmp(&format!("{ty}.uqff"));
+        smelt::quant::uqff::write(isq.model.as_ref(), &isq.name, &path).unwrap();
+        let back = from_uqff(&spec, &path).unwrap();
+        assert_eq!(back.isq_seconds, 0.0, "loading from UQFF must not quantize");
+        assert_eq!(
+            back.model.linear_storage_summary(),
+            isq.model.linear_storage_summary()
+        );
+        assert!(
+            logits(&back, &tokens) == logits(&isq, &tokens),
+            "{ty}: logits differ"
+        );
+        eprintln!(
+            "{ty}: ISQ load {:.2}s, UQFF load {:.2}s",
+            isq.load_seconds, back.load_seconds
+        );
+        std::fs::remove_file(&path).ok();
+    }
+}
+
+#[test]
+fn bad_uqff_files_are_clear_errors() {
+    let tiny = |case: &str| ModelSpec::Plain {
+        model_id: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny")
+            .join(case)
+            .to_string_lossy()
+            .into_owned(),
+        revision: "main".into(),
+    };
+    let opts = LoadOptions {
+        isq: Some(IsqType::Q8_0),
+        ..Default::default()
+    };
+    let m = smelt::load(&tiny("llama3"), &opts).unwrap();
+    let path = tmp("tiny.uqff");
+    smelt::quant::uqff::write(m.model.as_ref(), &m.name, &path).unwrap();
+    assert!(from_uqff(&tiny("llama3"), &path).is_ok());
+
+    let msg = |r: anyhow::Result<smelt::loaders::LoadedModel>| {
+        format!("{:#}", r.err().expect("an error"))
+    };
+    // Another model.
+    let e = msg(from_uqff(&tiny("qwen2"), &path));
+    assert!(e.contains("written for another model"), "{e}");
+    // ISQ and UQFF together.
+    let both = LoadOptions {
+        isq: Some(IsqType::Q4_0),
+        from_uqff: Some(path.clone()),
+        ..Default::default()
+    };
+    assert!(msg(smelt::load(&tiny("llama3"), &both)).contains("drop --isq"));
+    // A newer major version: rewrite the version scalar.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let two = 2u32.to_le_bytes();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            if n == "uqff.version.major" {
+                (
+                    n,
+                    safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), &two)
+                        .unwrap(),
+                )
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    let newer = tmp("newer.uqff");
+    safetensors::serialize_to_file(views, meta.metadata().clone(), &newer).unwrap();
+    let e = msg(from_uqff(&tiny("llama3"), &newer));
+    assert!(
+        e.contains("format 2") && e.contains("reads format 1"),
+        "{e}"
+    );
+    // Truncated.
+    let cut = tmp("cut.uqff");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = msg(from_uqff(&tiny("llama3"), &cut));
+    assert!(e.contains("truncated"), "{e}");
+    // Not a UQFF at all (a plain checkpoint).
+    let e = msg(from_uqff(
+        &tiny("llama3"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama3/model.safetensors"),
+    ));
+    assert!(e.contains("not a UQFF file"), "{e}");
+    for p in [path, newer, cut] {
+        std::fs::remove_file(p).ok();
+    }
+}
