@@ -84,21 +84,36 @@ pub fn quantize_groups(w: &[f32], bits: u32, group: usize) -> (Vec<u8>, Vec<f32>
             .par_chunks_mut(BLOCK)
             .enumerate()
             .map(|(b, znext)| {
-                let g0 = b * BLOCK;
-                let (s, z) = (&scale[g0..g0 + znext.len()], &zero[g0..g0 + znext.len()]);
-                let mut err = 0f64;
+                let (g0, n) = (b * BLOCK, znext.len());
+                let (s, z) = (&scale[g0..g0 + n], &zero[g0..g0 + n]);
+                // |W − Wr| summed per column first (64 terms), then in f64.
+                let mut err = [0f32; BLOCK];
+                let (mut term, mut x) = ([0f32; BLOCK], [0f32; BLOCK]);
                 for k in 0..group {
-                    let row = &w[k * l + g0..k * l + g0 + znext.len()];
-                    for i in 0..row.len() {
-                        let (wr, step) = proximal_step(row[i], s[i], z[i], max_v);
-                        znext[i] += step;
-                        err += f64::from((row[i] - wr).abs());
+                    let row = &w[k * l + g0..k * l + g0 + n];
+                    // Vectorisable: every element as if its shrunk error were 0 …
+                    for i in 0..n {
+                        let q = code(row[i], s[i], z[i], max_v);
+                        let wr = (q - z[i]) / s[i];
+                        x[i] = row[i] - wr;
+                        err[i] += x[i].abs();
+                        term[i] = q - row[i] * s[i];
+                    }
+                    // … then the few it is not.
+                    for i in 0..n {
+                        if x[i].abs() >= SHRINK_FLOOR {
+                            let q = code(row[i], s[i], z[i], max_v);
+                            term[i] = q - (row[i] - shrink(x[i])) * s[i];
+                        }
+                    }
+                    for i in 0..n {
+                        znext[i] += term[i];
                     }
                 }
                 for zn in znext.iter_mut() {
                     *zn /= group as f32;
                 }
-                err
+                err[..n].iter().map(|&e| f64::from(e)).sum::<f64>()
             })
             .sum();
         zero = next;
@@ -110,37 +125,45 @@ pub fn quantize_groups(w: &[f32], bits: u32, group: usize) -> (Vec<u8>, Vec<f32>
         }
     }
 
-    let codes = w
-        .par_iter()
-        .enumerate()
-        .map(|(i, &v)| code(v, scale[i % l], zero[i % l], max_v) as u8)
-        .collect();
+    let mut codes = vec![0u8; w.len()];
+    codes
+        .par_chunks_mut(l)
+        .zip(w.par_chunks(l))
+        .for_each(|(q, row)| {
+            for i in 0..l {
+                q[i] = code(row[i], scale[i], zero[i], max_v) as u8;
+            }
+        });
     let inv = scale.iter().map(|&s| 1.0 / s).collect();
     (codes, inv, zero)
 }
 
+/// `clamp(round(w·s + z), 0, max_v)`, rounding half to even as `torch.round` does, without
+/// a libm call so that loops over it vectorise: values are first clamped to
+/// [−1, max_v + 1] (which changes no result), then rounded by adding and removing 1.5·2^23.
 #[inline(always)]
 fn code(w: f32, s: f32, z: f32, max_v: f32) -> f32 {
-    (w * s + z).round_ties_even().clamp(0.0, max_v)
+    const MAGIC: f32 = 12_582_912.0;
+    let v = (w * s + z).clamp(-1.0, max_v + 1.0);
+    ((v + MAGIC) - MAGIC).clamp(0.0, max_v)
 }
 
-/// One element of one step: (Wr, the element's term of the new zero's mean).
-#[inline(always)]
-fn proximal_step(w: f32, s: f32, z: f32, max_v: f32) -> (f32, f32) {
-    let q = code(w, s, z, max_v);
-    let wr = (q - z) / s;
-    let x = w - wr;
+/// Below |x| = β^(−1/(2−p)) ≈ 0.1701 the shrink operator gives exactly 0 (nearly every
+/// element of a real weight); the margin is far above powf's error.
+const SHRINK_FLOOR: f32 = 0.169;
+
+/// shrink_p(x) = sign(x)·relu(|x| − |x|^(p−1)/β), computed as torch does it in f32:
+/// (1/β) and p − 1 rounded to f32, |0|^(p−1) = ∞ shrinking to 0.
+fn shrink(x: f32) -> f32 {
     let ax = x.abs();
-    // torch computes (1/β)·|x|^(p−1) with both constants as f32; |0|^(p−1) = ∞ shrinks to 0.
     let shrunk = (ax - (1.0 / BETA) as f32 * ax.powf((LP_NORM - 1.0) as f32)).max(0.0);
-    let we = if x > 0.0 {
+    if x > 0.0 {
         shrunk
     } else if x < 0.0 {
         -shrunk
     } else {
         0.0
-    };
-    (wr, q - (w - we) * s)
+    }
 }
 
 impl HqqLinear {
