@@ -195,6 +195,7 @@ impl DecodeRows for AfqLinear {
     fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
+    #[inline(always)]
     fn decode_row(&self, n: usize, codes: &mut [u8], out: &mut [f32]) {
         let words = self.cols * self.bits as usize / 32;
         let groups = self.cols / self.group;

@@ -147,6 +147,7 @@ impl DecodeRows for Fp8Linear {
     fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
+    #[inline(always)]
     fn decode_row(&self, n: usize, _codes: &mut [u8], out: &mut [f32]) {
         let table = e4m3_table();
         let scale = self.scales[n];

@@ -11,7 +11,6 @@ use super::{add_bias, kernels};
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// u32 words that `n` codes of `bits` bits fill.
@@ -40,6 +39,7 @@ pub fn pack(codes: &[u8], bits: u32) -> Vec<u32> {
 }
 
 /// Unpacks the first `out.len()` codes of a bit stream that starts at `words[0]`.
+#[inline(always)]
 pub fn unpack(words: &[u32], bits: u32, out: &mut [u8]) {
     assert!(
         words.len() >= packed_words(out.len(), bits),
@@ -52,22 +52,55 @@ pub fn unpack(words: &[u32], bits: u32, out: &mut [u8]) {
         4 => unpack_whole::<4>(words, out),
         2 => unpack_whole::<2>(words, out),
         1 => unpack_whole::<1>(words, out),
+        3 => unpack_triples::<3>(words, out),
+        6 => unpack_triples::<6>(words, out),
         _ => unpack_stream(words, bits, out),
     }
 }
 
 /// Widths that divide 32: every word holds whole codes.
+#[inline(always)]
 fn unpack_whole<const BITS: u32>(words: &[u32], out: &mut [u8]) {
     let per_word = (32 / BITS) as usize;
     let mask = (1u32 << BITS) - 1;
-    for (&w, chunk) in words.iter().zip(out.chunks_mut(per_word)) {
+    let whole = out.len() / per_word;
+    let mut chunks = out.chunks_exact_mut(per_word);
+    for (&w, chunk) in words.iter().zip(&mut chunks) {
+        // A fixed trip count with constant shifts: vectorises.
         for (i, o) in chunk.iter_mut().enumerate() {
+            *o = ((w >> (i as u32 * BITS)) & mask) as u8;
+        }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let w = words[whole];
+        for (i, o) in rest.iter_mut().enumerate() {
             *o = ((w >> (i as u32 * BITS)) & mask) as u8;
         }
     }
 }
 
-/// Any width (3, 5, 6, 7 bits): codes may straddle two words.
+/// 3 and 6 bits: every 3 bytes of the stream hold whole codes (8 or 4).
+#[inline(always)]
+fn unpack_triples<const BITS: u32>(words: &[u32], out: &mut [u8]) {
+    let per = (24 / BITS) as usize;
+    if cfg!(target_endian = "big") || !out.len().is_multiple_of(per) {
+        return unpack_stream(words, BITS, out);
+    }
+    // SAFETY: u32 → u8 reinterpretation of initialised memory; on a little-endian target
+    // these bytes are the bit stream in order.
+    let bytes = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 4) };
+    let mask = (1u32 << BITS) - 1;
+    for (t, chunk) in bytes.chunks_exact(3).zip(out.chunks_exact_mut(per)) {
+        let v = u32::from(t[0]) | u32::from(t[1]) << 8 | u32::from(t[2]) << 16;
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = ((v >> (i as u32 * BITS)) & mask) as u8;
+        }
+    }
+}
+
+/// Any width (5, 7 bits): codes may straddle two words.
+#[inline(always)]
 fn unpack_stream(words: &[u32], bits: u32, out: &mut [u8]) {
     let mask = (1u64 << bits) - 1;
     let (mut acc, mut have, mut next) = (0u64, 0u32, 0usize);
@@ -81,6 +114,16 @@ fn unpack_stream(words: &[u32], bits: u32, out: &mut [u8]) {
         acc >>= bits;
         have -= bits;
     }
+}
+
+/// f16 → f32 for finite values (all that the methods store), as plain integer and float
+/// operations that vectorise: the 15 low bits shifted into an f32's place read as 2^-112
+/// times the value (subnormals included), which one exact multiplication rescales.
+#[inline(always)]
+pub fn widen(h: f16) -> f32 {
+    let b = u32::from(h.to_bits());
+    let v = f32::from_bits((b & 0x7fff) << 13) * f32::from_bits(0x7780_0000); // 2^112
+    f32::from_bits(v.to_bits() | (b & 0x8000) << 16)
 }
 
 /// How a code and its group's two parameters `(a, b)` make a weight.
@@ -104,6 +147,7 @@ impl Affine {
 
 /// Weights of `codes` whose runs of `group` consecutive elements share one parameter
 /// pair (`a[g]`, `b[g]`): AFQ, and HQQ along the input dimension.
+#[inline(always)]
 pub fn affine_groups(
     form: Affine,
     codes: &[u8],
@@ -115,7 +159,7 @@ pub fn affine_groups(
     debug_assert_eq!(codes.len(), out.len());
     debug_assert!(codes.len() <= a.len() * group && a.len() == b.len());
     for (((q, o), &a), &b) in codes.chunks(group).zip(out.chunks_mut(group)).zip(a).zip(b) {
-        let (a, b) = (a.to_f32(), b.to_f32());
+        let (a, b) = (widen(a), widen(b));
         for (&q, o) in q.iter().zip(o) {
             *o = form.apply(f32::from(q), a, b);
         }
@@ -124,23 +168,11 @@ pub fn affine_groups(
 
 /// Weights of `codes` where element i has its own parameter pair (`a[i]`, `b[i]`): HQQ
 /// along axis 0, whose groups run across rows so that neighbours in a row never share one.
+#[inline(always)]
 pub fn affine_elements(form: Affine, codes: &[u8], a: &[f16], b: &[f16], out: &mut [f32]) {
     debug_assert!(codes.len() == out.len() && a.len() == out.len() && b.len() == out.len());
-    const CHUNK: usize = 64;
-    let (mut af, mut bf) = ([0f32; CHUNK], [0f32; CHUNK]);
-    for (((q, o), a), b) in codes
-        .chunks(CHUNK)
-        .zip(out.chunks_mut(CHUNK))
-        .zip(a.chunks(CHUNK))
-        .zip(b.chunks(CHUNK))
-    {
-        let n = q.len();
-        // F16C-widened in bulk where the CPU has it.
-        a.convert_to_f32_slice(&mut af[..n]);
-        b.convert_to_f32_slice(&mut bf[..n]);
-        for i in 0..n {
-            o[i] = form.apply(f32::from(q[i]), af[i], bf[i]);
-        }
+    for (((&q, o), &a), &b) in codes.iter().zip(out).zip(a).zip(b) {
+        *o = form.apply(f32::from(q), widen(a), widen(b));
     }
 }
 
@@ -209,12 +241,31 @@ pub fn matmul(w: &impl DecodeRows, x: &[f32], m: usize) -> Vec<f32> {
         m,
         || (vec![0u8; cols], vec![0f32; cols]),
         |(codes, row), n, out| {
-            w.decode_row(n, codes, row);
+            decode_row_fast(w, n, codes, row);
             for (t, o) in out.iter_mut().enumerate() {
                 *o = kernels::dot_f32(row, &x[t * cols..(t + 1) * cols]);
             }
         },
     )
+}
+
+/// `w.decode_row`, compiled for AVX2/FMA/F16C where the CPU has them: the decoders are
+/// plain loops written to vectorise, and inline into this copy.
+#[inline(always)]
+fn decode_row_fast(w: &impl DecodeRows, n: usize, codes: &mut [u8], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::isa() == kernels::Isa::Avx2 {
+        // SAFETY: `Isa::Avx2` is only returned when the CPU has AVX2, FMA and F16C.
+        unsafe { decode_row_avx2(w, n, codes, out) };
+        return;
+    }
+    w.decode_row(n, codes, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_row_avx2(w: &impl DecodeRows, n: usize, codes: &mut [u8], out: &mut [f32]) {
+    w.decode_row(n, codes, out)
 }
 
 #[cfg(test)]
@@ -248,6 +299,16 @@ mod tests {
         let mut codes = vec![0u8; 16];
         codes[5] = 0b111111;
         assert_eq!(pack(&codes, 6)[..2], [0b11 << 30, 0b1111]);
+    }
+
+    #[test]
+    fn widens_every_finite_f16() {
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            if h.is_finite() {
+                assert_eq!(widen(h).to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
+            }
+        }
     }
 
     #[test]
