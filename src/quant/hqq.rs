@@ -181,6 +181,7 @@ impl HqqLinear {
             "HQQ has no {bits}-bit type here; bits must be one of {BITS:?}"
         );
         ensure!(group > 0, "HQQ group size must be positive");
+        ensure!(rows > 0, "HQQ{bits}: the weight has no rows");
         ensure!(
             cols > 0 && cols.is_multiple_of(group),
             "HQQ{bits}: row length {cols} is not a multiple of the group size {group}"
