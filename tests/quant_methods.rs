@@ -326,6 +326,7 @@ fn bad_inputs_are_errors() {
     assert!(HqqLinear::quantize(&nan, 2, 64, 4, 64, None).is_err());
     assert!(Fp8Linear::quantize(&nan, 2, 64, None).is_err());
     assert!(Fp8Linear::quantize(&w, 5, 96, None).is_err());
+    assert!(Fp8Linear::from_parts(1, 2, vec![0x10, 0xff], vec![1.0], None).is_err());
     assert!(HqqLinear::quantize(&[], 0, 64, 4, 64, None).is_err());
     // Through ISQ, a layer whose rows do not fit the group stays dense (with a warning).
     let t = Tensor::from_vec(w, (4, 96), &Device::Cpu).unwrap();

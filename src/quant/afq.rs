@@ -12,7 +12,7 @@
 //! does for f16 models.
 
 use super::packing::{self, Affine, DecodeRows};
-use super::QuantLinear;
+use super::{kernels, QuantLinear};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use half::f16;
@@ -210,6 +210,27 @@ impl DecodeRows for AfqLinear {
             out,
         );
     }
+
+    fn fused_group(&self) -> Option<usize> {
+        kernels::affine_kernel(self.bits, self.group).then_some(self.group)
+    }
+    fn fused_dot(&self, n: usize, x: &[f32], xsums: &[f32], out: &mut [f32]) {
+        let words = self.cols * self.bits as usize / 32;
+        let groups = self.cols / self.group;
+        let g = n * groups..(n + 1) * groups;
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = kernels::affine_row_dot(
+                self.bits,
+                &self.packed[n * words..(n + 1) * words],
+                &self.scales[g.clone()],
+                &self.biases[g.clone()],
+                self.group,
+                &x[t * self.cols..(t + 1) * self.cols],
+                &xsums[t * groups..(t + 1) * groups],
+            )
+            .expect("fused_group said there is a kernel");
+        }
+    }
 }
 
 impl QuantLinear for AfqLinear {
@@ -255,6 +276,40 @@ mod tests {
         assert_eq!(s, 3.0 / (3.0f32 / -(2.0f32 / 15.0)).round_ties_even());
         // All zeros: scale −1e-7, bias 0, codes 0.
         assert_eq!(group_params(&[0.0; 64], 4), (-1e-7, 0.0));
+    }
+
+    /// The fused kernel (where this CPU has one) against decoding rows.
+    #[test]
+    fn fused_kernel_matches_decoded_rows() {
+        let (rows, cols, m) = (40, 256, 3);
+        let w = crate::quant::kernels::test_data(rows * cols, 21, 0.3);
+        let x = crate::quant::kernels::test_data(m * cols, 22, 4.0);
+        for bits in BITS {
+            let lin = AfqLinear::quantize(&w, rows, cols, bits, 64, None).unwrap();
+            if lin.fused_group().is_none() {
+                continue;
+            }
+            let fused = packing::matmul(&lin, &x, m);
+            let deq: Vec<f32> = lin
+                .dequantize()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for t in 0..m {
+                for n in 0..rows {
+                    let (row, xt) = (&deq[n * cols..(n + 1) * cols], &x[t * cols..(t + 1) * cols]);
+                    let want: f32 = row.iter().zip(xt).map(|(a, b)| a * b).sum();
+                    let mag: f32 = row.iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
+                    let got = fused[t * rows + n];
+                    assert!(
+                        (got - want).abs() <= 1e-5 * mag,
+                        "AFQ{bits} t={t} n={n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

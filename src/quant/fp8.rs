@@ -40,6 +40,16 @@ pub fn e4m3_to_f32(code: u8) -> f32 {
     e4m3_table()[code as usize]
 }
 
+/// The value of any E4M3 code but NaN (0x7f, 0xff), as integer and float operations that
+/// vectorise: the 7 low bits shifted into an f32's exponent and mantissa read as 2^-120
+/// times the value (subnormals included), which one exact multiplication rescales.
+#[inline(always)]
+pub fn e4m3_finite_to_f32(code: u8) -> f32 {
+    let c = u32::from(code);
+    let v = f32::from_bits((c & 0x7f) << 20) * f32::from_bits(0x7b80_0000); // 2^120
+    f32::from_bits(v.to_bits() | (c & 0x80) << 24)
+}
+
 /// All 256 code values.
 pub fn e4m3_table() -> &'static [f32; 256] {
     static TABLE: OnceLock<[f32; 256]> = OnceLock::new();
@@ -117,6 +127,10 @@ impl Fp8Linear {
             codes.len() == rows * cols && scales.len() == rows,
             "FP8 parts do not match a {rows} × {cols} weight"
         );
+        ensure!(
+            codes.iter().all(|&c| c & 0x7f != 0x7f),
+            "FP8 weight has NaN codes"
+        );
         if let Some(b) = &bias {
             ensure!(
                 b.dims() == [rows],
@@ -149,13 +163,13 @@ impl DecodeRows for Fp8Linear {
     }
     #[inline(always)]
     fn decode_row(&self, n: usize, _codes: &mut [u8], out: &mut [f32]) {
-        let table = e4m3_table();
+        // Never NaN: `from_parts` rejects NaN codes.
         let scale = self.scales[n];
         for (o, &c) in out
             .iter_mut()
             .zip(&self.codes[n * self.cols..(n + 1) * self.cols])
         {
-            *o = table[c as usize] * scale;
+            *o = e4m3_finite_to_f32(c) * scale;
         }
     }
 }
@@ -203,6 +217,7 @@ mod tests {
             }
             // −0 keeps its sign bit.
             assert_eq!(f32_to_e4m3(v), c, "{c:#04x} = {v}");
+            assert_eq!(e4m3_finite_to_f32(c).to_bits(), v.to_bits(), "{c:#04x}");
         }
     }
 

@@ -196,6 +196,16 @@ pub trait DecodeRows: Sync {
     fn dims(&self) -> (usize, usize);
     /// Writes row `n` into `out` (`cols` long); `codes` is scratch of `cols` bytes.
     fn decode_row(&self, n: usize, codes: &mut [u8], out: &mut [f32]);
+    /// Where the format has a kernel that dots a packed row with x directly: the group
+    /// size over which it needs x summed (`fused_dot`'s `xsums`). None: decode rows.
+    fn fused_group(&self) -> Option<usize> {
+        None
+    }
+    /// `out[t] = W[n] · x_t` for every input row t through that kernel; `xsums` holds
+    /// each input row's sums over groups of [`Self::fused_group`] elements.
+    fn fused_dot(&self, _n: usize, _x: &[f32], _xsums: &[f32], _out: &mut [f32]) {
+        unreachable!("fused_dot without fused_group")
+    }
 }
 
 /// The whole weight as a dense f32 (rows, cols) tensor, rows decoded in parallel.
@@ -236,6 +246,15 @@ pub fn forward(w: &impl DecodeRows, x: &Tensor, bias: Option<&Tensor>) -> Result
 pub fn matmul(w: &impl DecodeRows, x: &[f32], m: usize) -> Vec<f32> {
     let (rows, cols) = w.dims();
     assert_eq!(x.len(), m * cols);
+    if let Some(group) = w.fused_group() {
+        let xsums: Vec<f32> = x.chunks(group).map(|c| c.iter().sum()).collect();
+        return kernels::rows_in_parallel_with(
+            rows,
+            m,
+            || (),
+            |_, n, out| w.fused_dot(n, x, &xsums, out),
+        );
+    }
     kernels::rows_in_parallel_with(
         rows,
         m,

@@ -261,6 +261,55 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// One weight row of MLX-packed affine codes dotted with `x`:
+/// `Σ_g scales[g]·Σ_j q_j·x_j + biases[g]·xsums[g]` (`xsums[g]` = Σ of x over group g).
+/// None where this CPU or bit width has no kernel (then decode the row instead).
+pub(crate) fn affine_row_dot(
+    bits: u32,
+    words: &[u32],
+    scales: &[half::f16],
+    biases: &[half::f16],
+    group: usize,
+    x: &[f32],
+    xsums: &[f32],
+) -> Option<f32> {
+    if !affine_kernel(bits, group) {
+        return None;
+    }
+    assert!(
+        x.len() == scales.len() * group
+            && biases.len() == scales.len()
+            && xsums.len() == scales.len()
+            && words.len() * 32 >= x.len() * bits as usize
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `affine_kernel` checked for AVX2/FMA/F16C; the sizes were checked above.
+        unsafe {
+            return Some(match bits {
+                2 => avx2::affine_dot::<2>(words, scales, biases, group, x, xsums),
+                4 => avx2::affine_dot::<4>(words, scales, biases, group, x, xsums),
+                _ => avx2::affine_dot::<8>(words, scales, biases, group, x, xsums),
+            });
+        }
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Whether [`affine_row_dot`] has a kernel for this width and group on this CPU.
+pub(crate) fn affine_kernel(bits: u32, group: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(bits, 2 | 4 | 8) && group.is_multiple_of(16) && isa() == Isa::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (bits, group);
+        false
+    }
+}
+
 /// A dense weight in one of the float formats checkpoints ship.
 #[derive(Clone, Copy)]
 pub enum DenseWeight<'a> {
