@@ -20,7 +20,29 @@ pub fn take_isq_seconds() -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IsqType {
     Ggml(GgmlDType),
+    /// HQQ, axis 0, group 64 (`quant/hqq.rs`); bits 4 or 8.
+    Hqq {
+        bits: u8,
+    },
+    /// FP8 E4M3 with a scale per row (`quant/fp8.rs`).
+    Fp8,
+    /// MLX affine quantization, group 64 (`quant/afq.rs`); bits 2, 3, 4, 6 or 8.
+    Afq {
+        bits: u8,
+    },
 }
+
+/// The non-ggml methods, by name.
+const METHOD_TYPES: &[(IsqType, &str)] = &[
+    (IsqType::Hqq { bits: 4 }, "HQQ4"),
+    (IsqType::Hqq { bits: 8 }, "HQQ8"),
+    (IsqType::Fp8, "FP8"),
+    (IsqType::Afq { bits: 2 }, "AFQ2"),
+    (IsqType::Afq { bits: 3 }, "AFQ3"),
+    (IsqType::Afq { bits: 4 }, "AFQ4"),
+    (IsqType::Afq { bits: 6 }, "AFQ6"),
+    (IsqType::Afq { bits: 8 }, "AFQ8"),
+];
 
 const GGML_TYPES: &[(GgmlDType, &str)] = &[
     (GgmlDType::Q4_0, "Q4_0"),
@@ -65,7 +87,11 @@ impl IsqType {
 
     /// Every accepted spelling, for error messages.
     pub fn valid_names() -> String {
-        let names: Vec<&str> = GGML_TYPES.iter().map(|(_, n)| *n).collect();
+        let names: Vec<&str> = GGML_TYPES
+            .iter()
+            .map(|(_, n)| *n)
+            .chain(METHOD_TYPES.iter().map(|(_, n)| *n))
+            .collect();
         format!("{} (or a bit width 2, 3, 4, 5, 6, 8)", names.join(", "))
     }
 
@@ -86,12 +112,20 @@ impl IsqType {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Ggml(t) => ggml_name(*t),
+            other => METHOD_TYPES
+                .iter()
+                .find(|(t, _)| t == other)
+                .map_or("?", |(_, n)| n),
         }
     }
 
     fn block_size(&self) -> usize {
         match self {
             Self::Ggml(t) => t.block_size(),
+            Self::Hqq { .. } => super::hqq::DEFAULT_GROUP,
+            Self::Afq { .. } => super::afq::DEFAULT_GROUP,
+            // One scale per row: any row length.
+            Self::Fp8 => 1,
         }
     }
 
@@ -147,6 +181,11 @@ impl std::str::FromStr for IsqType {
                 return Ok(Self::Ggml(*t));
             }
         }
+        for (t, name) in METHOD_TYPES {
+            if *name == canon {
+                return Ok(*t);
+            }
+        }
         bail!("unknown ISQ type `{s}`; valid: {}", Self::valid_names())
     }
 }
@@ -179,7 +218,9 @@ fn warn_fallback_once(requested: IsqType, used: Option<IsqType>) {
 }
 
 /// Quantize a dense (out, in) weight to `ty`, stepping down per llama.cpp when the row
-/// length does not divide the block; a layer no type fits stays dense.
+/// length does not divide the block; a layer no type fits stays dense (HQQ and AFQ have no
+/// step-down: rows that are not a whole number of 64-element groups stay dense, with a
+/// warning).
 pub fn quantize_linear(
     weight: &Tensor,
     bias: Option<Tensor>,
@@ -209,10 +250,41 @@ pub fn quantize_linear_weighted(
             };
             Arc::new(GgmlLinear::new(Arc::new(q), bias)?)
         }
+        Some(method) => quantize_method(&weight, bias, method)?,
         None => Arc::new(super::UnquantLinear::new(weight, bias)?),
     };
     ISQ_NANOS.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     Ok(out)
+}
+
+/// Quantizes a 2-D f32 tensor with one of the non-ggml methods.
+fn quantize_method(
+    weight: &Tensor,
+    bias: Option<Tensor>,
+    ty: IsqType,
+) -> Result<Arc<dyn QuantLinear>> {
+    let (rows, cols) = weight.dims2()?;
+    let data: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+    Ok(match ty {
+        IsqType::Hqq { bits } => Arc::new(super::HqqLinear::quantize(
+            &data,
+            rows,
+            cols,
+            bits.into(),
+            super::hqq::DEFAULT_GROUP,
+            bias,
+        )?),
+        IsqType::Afq { bits } => Arc::new(super::AfqLinear::quantize(
+            &data,
+            rows,
+            cols,
+            bits.into(),
+            super::afq::DEFAULT_GROUP,
+            bias,
+        )?),
+        IsqType::Fp8 => Arc::new(super::Fp8Linear::quantize(&data, rows, cols, bias)?),
+        IsqType::Ggml(t) => bail!("{t:?} is a ggml type"),
+    })
 }
 
 /// Quantizes a 2-D f32 tensor to a ggml type: our own quantizers where candle's differ
@@ -269,6 +341,37 @@ mod tests {
             "{err}"
         );
         assert!("7".parse::<IsqType>().is_err());
+    }
+
+    #[test]
+    fn parses_method_names() {
+        let cases = [
+            ("HQQ4", IsqType::Hqq { bits: 4 }),
+            ("hqq8", IsqType::Hqq { bits: 8 }),
+            ("fp8", IsqType::Fp8),
+            ("AFQ2", IsqType::Afq { bits: 2 }),
+            ("afq3", IsqType::Afq { bits: 3 }),
+            (" Afq4 ", IsqType::Afq { bits: 4 }),
+            ("AFQ6", IsqType::Afq { bits: 6 }),
+            ("afq8", IsqType::Afq { bits: 8 }),
+        ];
+        for (s, t) in cases {
+            assert_eq!(s.parse::<IsqType>().unwrap(), t, "{s}");
+            assert_eq!(t.to_string(), s.trim().to_ascii_uppercase());
+        }
+        for bad in ["HQQ3", "AFQ5", "FP4", "AFQ"] {
+            let err = bad.parse::<IsqType>().unwrap_err().to_string();
+            assert!(err.contains("HQQ4") && err.contains("AFQ6"), "{err}");
+        }
+        // Bare bit widths still mean ggml types.
+        assert_eq!("4".parse::<IsqType>().unwrap(), IsqType::Q4K);
+        // No step-down for the grouped methods: rows of 576 fit, rows of 100 stay dense.
+        assert_eq!(
+            IsqType::Afq { bits: 4 }.for_row_len(576),
+            Some(IsqType::Afq { bits: 4 })
+        );
+        assert_eq!(IsqType::Hqq { bits: 4 }.for_row_len(100), None);
+        assert_eq!(IsqType::Fp8.for_row_len(100), Some(IsqType::Fp8));
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Quantized linear layers. Every model calls linears only through [`QuantLinear`], so a
 //! new quantization method is one new file here and no model changes.
 
+pub mod afq;
+pub mod fp8;
 pub mod ggml;
+pub mod hqq;
 pub mod imatrix;
 pub mod isq;
 pub mod kernels;
 pub mod kquants;
 pub mod organization;
+pub mod packing;
 pub mod topology;
 pub mod unquantized;
 pub mod uqff;
@@ -16,7 +20,10 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
+pub use afq::AfqLinear;
+pub use fp8::Fp8Linear;
 pub use ggml::GgmlLinear;
+pub use hqq::HqqLinear;
 pub use isq::IsqType;
 pub use organization::IsqOrganization;
 pub use topology::Topology;

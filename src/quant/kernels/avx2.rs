@@ -374,3 +374,79 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// One row of MLX-packed affine codes (`BITS` = 2, 4 or 8; groups of `group` elements, a
+/// multiple of 8) dotted with `x`: Σ_g scale_g·Σ_j q_j·x_j + bias_g·xsum_g, codes widened
+/// to f32 in registers, never in memory.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `words` holds `x.len()·BITS/32` words,
+/// `scales`, `biases` and `xsums` one entry per group, and `x.len()` = groups · group.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn affine_dot<const BITS: u32>(
+    words: &[u32],
+    scales: &[half::f16],
+    biases: &[half::f16],
+    group: usize,
+    x: &[f32],
+    xsums: &[f32],
+) -> f32 {
+    debug_assert!(group.is_multiple_of(8) && x.len() == scales.len() * group);
+    debug_assert!(words.len() * 32 >= x.len() * BITS as usize);
+    let mask = _mm256_set1_epi32((1 << BITS) - 1);
+    let step = BITS as i32;
+    // Lane l takes code l of 8 consecutive codes; for 2 bits a word holds two such runs.
+    let shifts = _mm256_setr_epi32(
+        0,
+        step,
+        2 * step,
+        3 * step,
+        4 * step,
+        5 * step,
+        6 * step,
+        7 * step,
+    );
+    let shifts_hi = _mm256_add_epi32(shifts, _mm256_set1_epi32(16));
+    let (wp, xp) = (words.as_ptr(), x.as_ptr());
+    let bytes = wp.cast::<u8>();
+    let mut total = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    for (g, ((&s, &b), &xs)) in scales.iter().zip(biases).zip(xsums).enumerate() {
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for v in 0..group / 8 {
+            // Codes of elements e..e + 8.
+            let e = g * group + v * 8;
+            let codes = match BITS {
+                8 => _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.add(e).cast())),
+                4 => _mm256_and_si256(
+                    _mm256_srlv_epi32(_mm256_set1_epi32(*wp.add(e / 8) as i32), shifts),
+                    mask,
+                ),
+                _ => {
+                    let word = _mm256_set1_epi32(*wp.add(e / 16) as i32);
+                    let sh = if (e / 8).is_multiple_of(2) {
+                        shifts
+                    } else {
+                        shifts_hi
+                    };
+                    _mm256_and_si256(_mm256_srlv_epi32(word, sh), mask)
+                }
+            };
+            acc[v % 2] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(codes),
+                _mm256_loadu_ps(xp.add(e)),
+                acc[v % 2],
+            );
+        }
+        let scale = _mm256_set1_ps(f16_value(s));
+        total = _mm256_fmadd_ps(scale, _mm256_add_ps(acc[0], acc[1]), total);
+        offset += f16_value(b) * xs;
+    }
+    hsum(total) + offset
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_value(h: half::f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}

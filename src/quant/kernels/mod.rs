@@ -199,16 +199,43 @@ pub fn matmul_with(
 /// `out[t · rows + n] = f(n, t)` for every weight row n and input row t, each thread of
 /// the kernel pool taking one contiguous range of weight rows.
 fn rows_in_parallel(rows: usize, m: usize, f: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    rows_in_parallel_with(
+        rows,
+        m,
+        || (),
+        |_, n, out| {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = f(n, t);
+            }
+        },
+    )
+}
+
+/// `out[t · rows + n]` for every weight row n and input row t, where `f(scratch, n, outs)`
+/// writes the `m` outputs of weight row n (`outs[t]`). Each thread of the kernel pool takes
+/// one contiguous range of weight rows and one `scratch` from `init` for all of them (the
+/// decoded row of a packed format, say).
+pub(crate) fn rows_in_parallel_with<S>(
+    rows: usize,
+    m: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
     // Computed n-major (rows × m) so each thread owns a contiguous slice.
     let mut by_row = vec![0f32; rows * m];
     let out = SharedOut(by_row.as_mut_ptr());
     pool::global().run(&|index, threads| {
         let per = rows.div_ceil(threads);
-        for n in index * per..((index + 1) * per).min(rows) {
-            for t in 0..m {
-                // SAFETY: rows of this range belong to this thread alone.
-                unsafe { *out.at(n * m + t) = f(n, t) };
-            }
+        let range = index * per..((index + 1) * per).min(rows);
+        if range.is_empty() {
+            return;
+        }
+        let mut scratch = init();
+        for n in range {
+            // SAFETY: rows of this range belong to this thread alone, and n · m + m ≤
+            // rows · m, the buffer's length.
+            let outs = unsafe { std::slice::from_raw_parts_mut(out.at(n * m), m) };
+            f(&mut scratch, n, outs);
         }
     });
     if m == 1 {
@@ -221,6 +248,66 @@ fn rows_in_parallel(rows: usize, m: usize, f: impl Fn(usize, usize) -> f32 + Syn
         }
     }
     out
+}
+
+/// `Σ a[i] · b[i]` in f32 through the best kernel for this CPU.
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match isa() {
+        Isa::Scalar => scalar::dot_f32(a, b),
+        // SAFETY: `Isa::Avx2` is only returned when the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::dot_f32(a, b) },
+    }
+}
+
+/// One weight row of MLX-packed affine codes dotted with `x`:
+/// `Σ_g scales[g]·Σ_j q_j·x_j + biases[g]·xsums[g]` (`xsums[g]` = Σ of x over group g).
+/// None where this CPU or bit width has no kernel (then decode the row instead).
+pub(crate) fn affine_row_dot(
+    bits: u32,
+    words: &[u32],
+    scales: &[half::f16],
+    biases: &[half::f16],
+    group: usize,
+    x: &[f32],
+    xsums: &[f32],
+) -> Option<f32> {
+    if !affine_kernel(bits, group) {
+        return None;
+    }
+    assert!(
+        x.len() == scales.len() * group
+            && biases.len() == scales.len()
+            && xsums.len() == scales.len()
+            && words.len() * 32 >= x.len() * bits as usize
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `affine_kernel` checked for AVX2/FMA/F16C; the sizes were checked above.
+        unsafe {
+            return Some(match bits {
+                2 => avx2::affine_dot::<2>(words, scales, biases, group, x, xsums),
+                4 => avx2::affine_dot::<4>(words, scales, biases, group, x, xsums),
+                _ => avx2::affine_dot::<8>(words, scales, biases, group, x, xsums),
+            });
+        }
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
+/// Whether [`affine_row_dot`] has a kernel for this width and group on this CPU.
+pub(crate) fn affine_kernel(bits: u32, group: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        matches!(bits, 2 | 4 | 8) && group.is_multiple_of(16) && isa() == Isa::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (bits, group);
+        false
+    }
 }
 
 /// A dense weight in one of the float formats checkpoints ship.
