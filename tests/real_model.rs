@@ -265,3 +265,54 @@ fn stop_strings_and_max_tokens() {
     assert_eq!(g.tokens.len(), 3);
     assert_eq!(g.finish_reason, smelt::engine::FinishReason::Length);
 }
+
+/// Continuous batching's promise at the model level: several prompts long enough for the
+/// GEMM path (sharing one call) plus short rows, in one forward, give bit-identical
+/// logits to each sequence run alone.
+#[test]
+fn batched_forward_is_bit_identical_to_solo_runs() {
+    use smelt::models::BatchItem;
+    let engine = engine(&gguf_spec());
+    let model = engine.model.as_ref();
+    let prompts: Vec<Vec<u32>> = [40usize, 5, 57, 33, 1]
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| {
+            (0..n as u32)
+                .map(|i| 100 + (i * 37 + s as u32 * 101) % 20000)
+                .collect()
+        })
+        .collect();
+    let solo: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut c = model.new_cache();
+            model
+                .forward(p, &mut c, 0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut items: Vec<BatchItem> = prompts
+        .iter()
+        .zip(caches.iter_mut())
+        .map(|(p, cache)| BatchItem {
+            tokens: p,
+            cache,
+            logits_from: 0,
+        })
+        .collect();
+    let batched = model.forward_batch(&mut items).unwrap();
+    for (i, (b, s)) in batched.iter().zip(&solo).enumerate() {
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            b == *s,
+            "sequence {i} ({} tokens) differs when batched",
+            prompts[i].len()
+        );
+    }
+}

@@ -280,27 +280,34 @@ impl Block {
 
 /// The sequences of one forward pass and how their rows go through the linears.
 struct Batch<'i, 'a> {
-    items: &'i mut [BatchItem<'a>],
+    /// The sequences, prompts long enough for the GEMM path first (see `row_groups`).
+    items: Vec<&'i mut BatchItem<'a>>,
     /// Rows (tokens) of each item, in order.
     lens: Vec<usize>,
     groups: Vec<Range<usize>>,
     rope: &'i RotaryEmbedding,
 }
 
-/// Splits rows of consecutive items into the calls a linear gets: a prompt long enough
-/// for the GEMM path goes alone, short ones (decode steps, short turns) are packed up to
-/// the kernel limit. Either way every row is computed exactly as if its sequence ran by
-/// itself, so batching never changes a sequence's output.
+/// Splits rows of consecutive items into the calls a linear gets: prompts long enough
+/// for the GEMM path (which come first) share one call — one dequantization of each
+/// weight for all of them — and short ones (decode steps, short turns) are packed up to
+/// the kernel limit. Both paths compute each row independently of the others in its
+/// call, so batching never changes a sequence's output (tests/server.rs checks it).
 fn row_groups(lens: &[usize]) -> Vec<Range<usize>> {
-    let mut groups = Vec::new();
+    let mut groups: Vec<Range<usize>> = Vec::new();
     let mut pending: Option<Range<usize>> = None;
     let mut start = 0;
+    let mut long: Option<Range<usize>> = None;
     for &t in lens {
         let rows = start..start + t;
         if t >= kernels::MAX_KERNEL_ROWS {
             groups.extend(pending.take());
-            groups.push(rows);
+            match long.as_mut() {
+                Some(l) if l.end == rows.start => l.end = rows.end,
+                _ => groups.extend(long.replace(rows)),
+            }
         } else {
+            groups.extend(long.take());
             match pending.as_mut() {
                 Some(p) if p.len() + t < kernels::MAX_KERNEL_ROWS => p.end = rows.end,
                 _ => groups.extend(pending.replace(rows)),
@@ -308,7 +315,9 @@ fn row_groups(lens: &[usize]) -> Vec<Range<usize>> {
         }
         start += t;
     }
+    groups.extend(long);
     groups.extend(pending);
+    groups.sort_by_key(|g| g.start);
     groups
 }
 
@@ -390,7 +399,7 @@ impl Attention {
         };
         let rope = batch.rope;
         // Each sequence attends to its own cache; sequences run in parallel.
-        let per_item = |(item, ((q, k), v)): (&mut BatchItem, QkvRows)| {
+        let per_item = |(item, ((q, k), v)): (&mut &mut BatchItem, QkvRows)| {
             let t = q.len() / (nh * hd);
             let offset = item.cache.len();
             ops::rope_in_place(q, nh, hd, offset, rope);
@@ -434,6 +443,14 @@ impl CausalLm for Llama {
             }
             item.cache.reserve(item.tokens.len())?;
         }
+        // Long prompts first, so they form one contiguous GEMM group.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by_key(|&i| items[i].tokens.len() < kernels::MAX_KERNEL_ROWS);
+        let mut slots: Vec<Option<&mut BatchItem>> = items.iter_mut().map(Some).collect();
+        let items: Vec<&mut BatchItem> = order
+            .iter()
+            .map(|&i| slots[i].take().expect("each index once"))
+            .collect();
         let lens: Vec<usize> = items.iter().map(|i| i.tokens.len()).collect();
         let all: Vec<u32> = items
             .iter()
@@ -464,14 +481,17 @@ impl CausalLm for Llama {
         let normed = ops::rms_norm(&rows, &self.norm, self.cfg.rms_norm_eps as f32);
         let logits = apply(self.lm_head.as_ref(), normed, &row_groups(&kept))?;
         let width = logits.len() / kept.iter().sum::<usize>();
-        let mut out = Vec::with_capacity(kept.len());
+        let mut out: Vec<Option<Tensor>> = vec![None; kept.len()];
         let mut at = 0;
-        for n in kept {
+        for (&slot, n) in order.iter().zip(kept) {
             let part = logits[at * width..(at + n) * width].to_vec();
-            out.push(Tensor::from_vec(part, (n, width), &self.device)?);
+            out[slot] = Some(Tensor::from_vec(part, (n, width), &self.device)?);
             at += n;
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every item has logits"))
+            .collect())
     }
 
     fn weights_size_in_bytes(&self) -> usize {
