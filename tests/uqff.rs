@@ -34,9 +34,15 @@ fn from_uqff(spec: &ModelSpec, path: &Path) -> anyhow::Result<smelt::loaders::Lo
 }
 
 #[test]
-fn uqff_round_trip_is_bit_identical_for_plain_and_gguf() {
+fn uqff_round_trip_is_bit_identical_for_every_method() {
     let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
-    for (spec, ty) in [(plain_spec(), IsqType::Q4K), (gguf_spec(), IsqType::Q8_0)] {
+    for (spec, ty) in [
+        (plain_spec(), IsqType::Q4K),
+        (gguf_spec(), IsqType::Q8_0),
+        (plain_spec(), "AFQ4".parse().unwrap()),
+        (plain_spec(), "FP8".parse().unwrap()),
+        (plain_spec(), "HQQ4".parse().unwrap()),
+    ] {
         let opts = LoadOptions {
             isq: Some(ty),
             ..Default::default()

@@ -1,8 +1,11 @@
 //! UQFF: a model's quantized linear layers saved to one safetensors file, so a later load
 //! skips ISQ (`--write-uqff FILE`, `--from-uqff FILE`). The per-layer layout follows the
 //! peer's UQFF 1.x: under each module key, `<key>.weight.format` (u8: 0 ggml blocks,
-//! 1 unquantized), `<key>.weight` (ggml: the raw block bytes as u8; unquantized: the weight
-//! in its dtype), `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
+//! 1 unquantized, 2 HQQ, 3 FP8, 4 AFQ), `<key>.weight` (ggml: the raw block bytes as u8;
+//! unquantized: the weight in its dtype; HQQ/AFQ: the packed u32 codes; FP8: E4M3 codes),
+//! `.weight.scales` / `.weight.zeros` (HQQ, f16), `.weight.scales` / `.weight.biases` (AFQ,
+//! f16), `.weight.scales` (FP8, f32 per row), `.weight.bits` and `.weight.group_size` (u32),
+//! `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
 //! `<key>.bias` (f32) when the layer has one, and u32 scalars `uqff.version.major|minor|
 //! patch`. The header's `__metadata__` records the model's shape, checked on load so a
 //! file from another model is refused.
@@ -28,6 +31,21 @@ pub const VERSION: (u32, u32, u32) = (1, 0, 0);
 
 const FORMAT_GGML: u8 = 0;
 const FORMAT_UNQUANTIZED: u8 = 1;
+const FORMAT_HQQ: u8 = 2;
+const FORMAT_FP8: u8 = 3;
+const FORMAT_AFQ: u8 = 4;
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f16_bytes(v: &[half::f16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
 
 /// The config fields a UQFF file must agree with.
 fn shape_metadata(cfg: &ModelConfig) -> Vec<(&'static str, String)> {
@@ -107,6 +125,90 @@ pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> 
             ));
             let (dt, bytes) = tensor_bytes(u.weight())?;
             tensors.push((format!("{name}.weight"), dt, vec![rows, cols], bytes));
+        } else if let Some(h) = lin.as_any().downcast_ref::<super::hqq::HqqLinear>() {
+            let packed = super::packing::pack(&h.codes(), h.bits());
+            let grouped = [
+                (
+                    format!("{name}.weight.format"),
+                    Dtype::U8,
+                    vec![1],
+                    vec![FORMAT_HQQ],
+                ),
+                (
+                    format!("{name}.weight"),
+                    Dtype::U32,
+                    vec![packed.len()],
+                    u32_bytes(&packed),
+                ),
+                (
+                    format!("{name}.weight.scales"),
+                    Dtype::F16,
+                    vec![h.scales().len()],
+                    f16_bytes(h.scales()),
+                ),
+                (
+                    format!("{name}.weight.zeros"),
+                    Dtype::F16,
+                    vec![h.zeros().len()],
+                    f16_bytes(h.zeros()),
+                ),
+            ];
+            tensors.extend(grouped);
+            let (dt, sh, b) = scalar_u32(h.bits());
+            tensors.push((format!("{name}.weight.bits"), dt, sh, b));
+            let (dt, sh, b) = scalar_u32(h.group_size() as u32);
+            tensors.push((format!("{name}.weight.group_size"), dt, sh, b));
+        } else if let Some(a) = lin.as_any().downcast_ref::<super::afq::AfqLinear>() {
+            let grouped = [
+                (
+                    format!("{name}.weight.format"),
+                    Dtype::U8,
+                    vec![1],
+                    vec![FORMAT_AFQ],
+                ),
+                (
+                    format!("{name}.weight"),
+                    Dtype::U32,
+                    vec![a.packed().len()],
+                    u32_bytes(a.packed()),
+                ),
+                (
+                    format!("{name}.weight.scales"),
+                    Dtype::F16,
+                    vec![a.scales().len()],
+                    f16_bytes(a.scales()),
+                ),
+                (
+                    format!("{name}.weight.biases"),
+                    Dtype::F16,
+                    vec![a.biases().len()],
+                    f16_bytes(a.biases()),
+                ),
+            ];
+            tensors.extend(grouped);
+            let (dt, sh, b) = scalar_u32(a.bits());
+            tensors.push((format!("{name}.weight.bits"), dt, sh, b));
+            let (dt, sh, b) = scalar_u32(a.group_size() as u32);
+            tensors.push((format!("{name}.weight.group_size"), dt, sh, b));
+        } else if let Some(f) = lin.as_any().downcast_ref::<super::fp8::Fp8Linear>() {
+            tensors.push((
+                format!("{name}.weight.format"),
+                Dtype::U8,
+                vec![1],
+                vec![FORMAT_FP8],
+            ));
+            tensors.push((
+                format!("{name}.weight"),
+                Dtype::F8_E4M3,
+                vec![rows, cols],
+                f.codes().to_vec(),
+            ));
+            tensors.push((
+                format!("{name}.weight.scales"),
+                Dtype::F32,
+                vec![rows],
+                f32_bytes(f.scales()),
+            ));
         } else {
             bail!(
                 "UQFF cannot store {name}: its storage ({}) has no UQFF layout yet",
@@ -218,6 +320,38 @@ impl UqffSource {
         })
     }
 
+    fn u32s(&self, name: &str) -> Result<Vec<u32>> {
+        let (dt, _, b) = self
+            .file
+            .raw(name)
+            .with_context(|| format!("{name} in UQFF {}", self.path.display()))?;
+        if dt != Dtype::U32 {
+            bail!(
+                "{name} in UQFF {} is {dt:?}, expected U32",
+                self.path.display()
+            );
+        }
+        Ok(b.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn f16s(&self, name: &str) -> Result<Vec<half::f16>> {
+        let (dt, _, b) = self
+            .file
+            .raw(name)
+            .with_context(|| format!("{name} in UQFF {}", self.path.display()))?;
+        if dt != Dtype::F16 {
+            bail!(
+                "{name} in UQFF {} is {dt:?}, expected F16",
+                self.path.display()
+            );
+        }
+        Ok(b.chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
+
     fn layer(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         let what = |t: &str| format!("{t} in UQFF {}", self.path.display());
         let (_, _, fmt) = self
@@ -290,8 +424,49 @@ impl UqffSource {
                 }
                 Arc::new(UnquantLinear::new(w, bias)?)
             }
+            Some(&tag @ (FORMAT_HQQ | FORMAT_AFQ)) => {
+                let words = self.u32s(&format!("{name}.weight"))?;
+                let scales = self.f16s(&format!("{name}.weight.scales"))?;
+                let bits = self.u32s(&format!("{name}.weight.bits"))?;
+                let group = self.u32s(&format!("{name}.weight.group_size"))?;
+                let (bits, group) = match (bits.as_slice(), group.as_slice()) {
+                    ([b], [g]) => (*b, *g as usize),
+                    _ => bail!("{} must be u32 scalars", what(&format!("{name}.weight.bits/group_size"))),
+                };
+                if tag == FORMAT_HQQ {
+                    let zeros = self.f16s(&format!("{name}.weight.zeros"))?;
+                    Arc::new(
+                        super::hqq::HqqLinear::from_parts(rows, cols, bits, group, words, scales, zeros, bias)
+                            .with_context(|| what(name))?,
+                    )
+                } else {
+                    let biases = self.f16s(&format!("{name}.weight.biases"))?;
+                    Arc::new(
+                        super::afq::AfqLinear::from_parts(rows, cols, bits, group, words, scales, biases, bias)
+                            .with_context(|| what(name))?,
+                    )
+                }
+            }
+            Some(&FORMAT_FP8) => {
+                let (_, _, codes) = self
+                    .file
+                    .raw(&format!("{name}.weight"))
+                    .with_context(|| what(&format!("{name}.weight")))?;
+                let (_, _, s) = self
+                    .file
+                    .raw(&format!("{name}.weight.scales"))
+                    .with_context(|| what(&format!("{name}.weight.scales")))?;
+                let scales = s
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Arc::new(
+                    super::fp8::Fp8Linear::from_parts(rows, cols, codes.to_vec(), scales, bias)
+                        .with_context(|| what(name))?,
+                )
+            }
             other => bail!(
-                "{} has format tag {other:?}; this smelt reads 0 (ggml) and 1 (unquantized)",
+                "{} has format tag {other:?}; this smelt reads 0 (ggml), 1 (unquantized), 2 (HQQ), 3 (FP8) and 4 (AFQ)",
                 what(&format!("{name}.weight.format"))
             ),
         })
