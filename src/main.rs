@@ -18,7 +18,8 @@ use std::sync::atomic::AtomicBool;
 )]
 struct Cli {
     /// Quantize linear layers while loading: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K..Q8K
-    /// (llama.cpp spellings like Q4_K accepted), or a bit width 2|3|4|5|6|8.
+    /// (llama.cpp spellings like Q4_K accepted), HQQ4, HQQ8, FP8, AFQ2, AFQ3, AFQ4, AFQ6,
+    /// AFQ8, or a bit width 2|3|4|5|6|8 (→ Q2K, Q3K, Q4K, Q5K, Q6K, Q8_0).
     #[arg(long, global = true, value_parser = parse_isq)]
     isq: Option<IsqType>,
     /// YAML file of per-layer (`START-END: {isq: TYPE|none}`) or per-weight (`/regex/`)
