@@ -552,10 +552,7 @@ impl CausalLm for Llama {
         out
     }
 
-    fn map_linears(
-        &mut self,
-        wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,
-    ) {
+    fn map_linears(&mut self, wrap: &mut super::LinearWrapper) {
         for (i, b) in self.blocks.iter_mut().enumerate() {
             let names: Vec<String> = b
                 .linear_specs(&self.cfg)

@@ -72,6 +72,9 @@ impl Embedding {
     }
 }
 
+/// Rewrites one named linear (calibration wraps linears in observers).
+pub type LinearWrapper<'a> = dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear> + 'a;
+
 /// One sequence's share of a batched forward pass.
 pub struct BatchItem<'a> {
     /// New tokens, run after the `cache.len()` tokens already cached.
@@ -136,8 +139,5 @@ pub trait CausalLm: Send + Sync {
     fn named_linears(&self) -> Vec<(String, Arc<dyn QuantLinear>)>;
     /// Replaces every attention and MLP linear by `wrap(hugging_face_name, linear)`
     /// (calibration wraps them in observers).
-    fn map_linears(
-        &mut self,
-        wrap: &mut dyn FnMut(&str, Arc<dyn QuantLinear>) -> Arc<dyn QuantLinear>,
-    );
+    fn map_linears(&mut self, wrap: &mut LinearWrapper);
 }

@@ -91,7 +91,7 @@ impl Imatrix {
                 .with_context(|| format!("entry {i}: name is not UTF-8"))?;
             let ncall = r.i32("ncall")?;
             let nval = r.i32("nval")?;
-            if nval < 0 || nval > 1 << 26 {
+            if !(0..=1 << 26).contains(&nval) {
                 bail!("entry {name}: bad value count {nval}");
             }
             let raw = r.bytes(nval as usize * 4, "values")?;
