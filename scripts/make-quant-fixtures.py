@@ -121,7 +121,7 @@ def main():
         entries["blk.0.ffn_down.weight"] = im
         dat = os.path.join(tmp, "imatrix.dat")
         write_imatrix_dat(dat, entries)
-        for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K"):
+        for name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"):
             dst = os.path.join(tmp, f"{name}.imatrix.gguf")
             subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--pure", "--imatrix", dat,
                             "--token-embedding-type", "f32", "--output-tensor-type", "f32",

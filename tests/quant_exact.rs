@@ -58,7 +58,9 @@ fn imatrix_weighted_blocks_are_byte_identical_to_llama_quantize() {
     let weight = input();
     let im = importances();
     let mut differ = Vec::new();
-    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K"] {
+    for name in [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    ] {
         let ty: IsqType = name.parse().unwrap();
         let lin =
             smelt::quant::isq::quantize_linear_weighted(&weight, None, ty, Some(&im)).unwrap();

@@ -187,9 +187,14 @@ fn affine_superblock(
 
 fn q4k_block(x: &[f32], out: &mut [u8]) {
     let (d, dmin, scales, l) = affine_superblock(x, 15, -1.0, 20);
+    pack_q4k(d, dmin, &scales, &l, out);
+}
+
+/// Q4_K layout: d, dmin, 12 scale bytes, then 4-bit codes two sub-blocks per 32 bytes.
+pub(crate) fn pack_q4k(d: f16, dmin: f16, scales: &[u8; 12], l: &[u8; QK_K], out: &mut [u8]) {
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
-    out[4..16].copy_from_slice(&scales);
+    out[4..16].copy_from_slice(scales);
     for (c, chunk) in out[16..144].chunks_exact_mut(32).enumerate() {
         for (i, q) in chunk.iter_mut().enumerate() {
             *q = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
@@ -199,9 +204,14 @@ fn q4k_block(x: &[f32], out: &mut [u8]) {
 
 fn q5k_block(x: &[f32], out: &mut [u8]) {
     let (d, dmin, scales, l) = affine_superblock(x, 31, -0.5, 15);
+    pack_q5k(d, dmin, &scales, &l, out);
+}
+
+/// Q5_K layout: d, dmin, 12 scale bytes, 32 bytes of fifth bits, 4-bit low parts.
+pub(crate) fn pack_q5k(d: f16, dmin: f16, scales: &[u8; 12], l: &[u8; QK_K], out: &mut [u8]) {
     out[0..2].copy_from_slice(&d.to_le_bytes());
     out[2..4].copy_from_slice(&dmin.to_le_bytes());
-    out[4..16].copy_from_slice(&scales);
+    out[4..16].copy_from_slice(scales);
     let (qh, qs) = out[16..176].split_at_mut(32);
     qh.fill(0);
     for c in 0..4 {
@@ -327,13 +337,19 @@ pub(crate) fn fit_symmetric(x: &[f32], w: Option<&[f32]>, nmax: i32, l: &mut [i8
 }
 
 fn q6k_block(x: &[f32], out: &mut [u8]) {
+    q6k_block_weighted(x, None, out)
+}
+
+/// Q6_K, its sixteen groups fitted with importance weights `qw` when given (llama.cpp
+/// uses the imatrix values as they are here, without the √(σ² + x²) factor), else x².
+pub(crate) fn q6k_block_weighted(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for g in 0..16 {
         let s = fit_symmetric(
             &x[16 * g..16 * (g + 1)],
-            None,
+            qw.map(|w| &w[16 * g..16 * (g + 1)]),
             32,
             &mut l[16 * g..16 * (g + 1)],
         );

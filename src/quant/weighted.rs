@@ -1,14 +1,16 @@
 //! Importance-weighted quantization (llama.cpp's `_impl` quantizers, used when an imatrix
 //! is given). Each element's error is weighted by `imatrix[column] · √(σ² + x²)` (σ² the
 //! row's mean square), so columns that see large activations are reproduced more
-//! faithfully. Q4_0/Q5_0/Q3_K use the symmetric grid search, Q4_1/Q5_1/Q2_K/Q4_K the
-//! affine one (both shared with the K-quants in `kquants.rs`); the K types then fit their
-//! sub-block scales with the sub-blocks' weight sums. Every type's blocks are
+//! faithfully. Q4_0/Q5_0/Q3_K/Q6_K use the symmetric grid search, Q4_1/Q5_1/Q2_K/Q4_K/
+//! Q5_K the affine one (both shared with the K-quants in `kquants.rs`); the K types then
+//! fit their sub-block scales with the sub-blocks' weight sums (Q6_K max-scales them). Every type's blocks are
 //! byte-identical to `llama-quantize --imatrix` (tests/quant_exact.rs). Types llama.cpp
 //! quantizes without weights (Q8_0…) ignore the imatrix. (candle's imatrix K quantizers
 //! give different bytes, so they are not used.)
 
-use super::kquants::{fit_affine, fit_symmetric, nearest_int, pack_scales};
+use super::kquants::{
+    fit_affine, fit_symmetric, nearest_int, pack_q4k, pack_q5k, pack_scales, q6k_block_weighted,
+};
 use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Tensor;
@@ -26,6 +28,8 @@ pub fn uses_imatrix(dt: GgmlDType) -> bool {
             | GgmlDType::Q2K
             | GgmlDType::Q3K
             | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
     )
 }
 
@@ -43,7 +47,7 @@ pub fn quantize(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTens
         GgmlDType::Q4_1 => Some(Legacy::Q4_1),
         GgmlDType::Q5_0 => Some(Legacy::Q5_0),
         GgmlDType::Q5_1 => Some(Legacy::Q5_1),
-        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K => None,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => None,
         other => bail!("no importance-weighted quantizer for {other:?}"),
     };
     let Some(kind) = legacy else {
@@ -77,7 +81,9 @@ fn k_quant(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTensor> {
     let bb = match dt {
         GgmlDType::Q2K => 84,
         GgmlDType::Q3K => 110,
-        _ => 144,
+        GgmlDType::Q4K => 144,
+        GgmlDType::Q5K => 176,
+        _ => 210,
     };
     let x: Vec<f32> = weight.flatten_all()?.to_vec1()?;
     let row_bytes = cols / 256 * bb;
@@ -93,7 +99,9 @@ fn k_quant(weight: &Tensor, dt: GgmlDType, imatrix: &[f32]) -> Result<QTensor> {
                 match dt {
                     GgmlDType::Q2K => q2k_weighted(xb, qw, ob),
                     GgmlDType::Q3K => q3k_weighted(xb, qw, ob),
-                    _ => q4k_weighted(xb, qw, ob),
+                    GgmlDType::Q4K => affine_k_weighted(xb, qw, 15, ob),
+                    GgmlDType::Q5K => affine_k_weighted(xb, qw, 31, ob),
+                    _ => q6k_block_weighted(xb, Some(qw), ob),
                 }
             }
         });
@@ -176,7 +184,8 @@ fn fit_scales(x: &[f32], nmax: i32, w: &[f32], l: &mut [u8]) -> f32 {
     sumlx / suml2
 }
 
-fn q4k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
+/// Q4_K (nmax 15) or Q5_K (nmax 31): eight affine 32-element sub-blocks.
+fn affine_k_weighted(x: &[f32], qw: &[f32], nmax: i32, out: &mut [u8]) {
     let sigma2 = 2.0 * x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
     let mut l = [0u8; 256];
     let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
@@ -190,7 +199,7 @@ fn q4k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let (s, m) = fit_affine(
             xs,
             &w,
-            15,
+            nmax,
             -0.9,
             0.05,
             36,
@@ -215,16 +224,14 @@ fn q4k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
         }
         let dm = dmin.to_f32() * lm[j] as f32;
         for i in 0..32 {
-            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 15) as u8;
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, nmax) as u8;
         }
     }
-    out[0..2].copy_from_slice(&d.to_le_bytes());
-    out[2..4].copy_from_slice(&dmin.to_le_bytes());
-    out[4..16].copy_from_slice(&pack_scales(&ls, &lm));
-    for (c, chunk) in out[16..144].chunks_exact_mut(32).enumerate() {
-        for (i, q) in chunk.iter_mut().enumerate() {
-            *q = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
-        }
+    let packed = pack_scales(&ls, &lm);
+    if nmax == 15 {
+        pack_q4k(d, dmin, &packed, &l, out);
+    } else {
+        pack_q5k(d, dmin, &packed, &l, out);
     }
 }
 
