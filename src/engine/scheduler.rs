@@ -466,7 +466,15 @@ impl Worker {
                     logits_from: usize::MAX,
                 })
                 .collect();
-            engine.model.forward_batch(&mut items)
+            let t0 = Instant::now();
+            let r = engine.model.forward_batch(&mut items);
+            tracing::debug!(
+                "step: {} sequences, {} tokens, forward {:.1} ms",
+                items.len(),
+                feeds.iter().map(Vec::len).sum::<usize>(),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+            r
         };
         let logits = match result {
             Ok(l) => l,

@@ -407,7 +407,15 @@ impl Attention {
             item.cache.write(layer, k, v);
             ops::attention(q, item.cache.view(layer, offset + t), t, offset, shape)
         };
-        let many = batch.items.len() > 1;
+        // Spread sequences over threads only when there is real attention work: for
+        // decode steps (one query over a short cache each) waking the pool costs more.
+        let work: usize = batch
+            .items
+            .iter()
+            .zip(&batch.lens)
+            .map(|(it, &t)| t * (it.cache.len() + t))
+            .sum();
+        let many = batch.items.len() > 1 && work * nh > 1 << 16;
         let parts = batch.items.iter_mut().zip(
             split_rows(&mut q, &batch.lens, nh * hd)
                 .into_iter()

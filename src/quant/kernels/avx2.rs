@@ -256,6 +256,74 @@ unsafe fn dot_q2k(row: &[u8], act: &[Q8Act]) -> f32 {
     hsum(acc)
 }
 
+/// One legacy block's codes, decoded once for several activation rows: (codes, whether
+/// they are Q8_0's signed bytes, d, offset per unit of Σ activation).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_codes(kind: BlockKind, b: *const u8) -> (__m256i, bool, f32, f32) {
+    let d = f16_at(b);
+    match kind {
+        BlockKind::Q4_0 => (nibbles(b.add(2)), false, d, -8.0 * d),
+        BlockKind::Q4_1 => (nibbles(b.add(4)), false, d, f16_at(b.add(2))),
+        BlockKind::Q5_0 => (
+            _mm256_or_si256(nibbles(b.add(6)), fifth_bits(b.add(2))),
+            false,
+            d,
+            -16.0 * d,
+        ),
+        BlockKind::Q5_1 => (
+            _mm256_or_si256(nibbles(b.add(8)), fifth_bits(b.add(4))),
+            false,
+            d,
+            f16_at(b.add(2)),
+        ),
+        BlockKind::Q8_0 => (_mm256_loadu_si256(b.add(2) as *const __m256i), true, d, 0.0),
+        _ => unreachable!("only legacy blocks"),
+    }
+}
+
+/// `dot` of one weight row with four activation rows, each block decoded once. Per
+/// activation row the arithmetic — two accumulator chains over even and odd blocks, the
+/// same FMAs in the same order — is exactly `dot`'s, so results are bit-identical to four
+/// `dot` calls (batched decode must not change a sequence's output).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot4_legacy(kind: BlockKind, row: &[u8], acts: [&[Q8Act]; 4]) -> [f32; 4] {
+    let bb = kind.block_bytes();
+    let n = acts[0].len();
+    debug_assert!(row.len() >= n * bb && acts.iter().all(|a| a.len() == n));
+    let base = row.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+    let mut off = [[0f32; 2]; 4];
+    for blk in 0..n {
+        // Blocks alternate between the two chains, as in `dot`.
+        let chain = blk % 2;
+        let (codes, signed, d, o) = block_codes(kind, base.add(blk * bb));
+        let w_abs = if signed {
+            _mm256_sign_epi8(codes, codes)
+        } else {
+            codes
+        };
+        for r in 0..4 {
+            let a = &acts[r][blk];
+            let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+            let av = if signed {
+                _mm256_sign_epi8(av, codes)
+            } else {
+                av
+            };
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, av), ones));
+            acc[r][chain] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), s, acc[r][chain]);
+            off[r][chain] += o * a.dsum;
+        }
+    }
+    let mut out = [0f32; 4];
+    for r in 0..4 {
+        out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + off[r][0] + off[r][1];
+    }
+    out
+}
+
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row` holds the blocks of `kind` that
 /// `act` (one entry per 32 elements) covers.

@@ -66,6 +66,14 @@ impl BlockKind {
         })
     }
 
+    /// The 32-element block types (not the K super-blocks).
+    pub fn is_legacy(self) -> bool {
+        matches!(
+            self,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0
+        )
+    }
+
     pub fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
@@ -186,14 +194,32 @@ pub fn matmul_with(
     let row_bytes = cols / kind.block_elems() * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
     let acts: Vec<Vec<Q8Act>> = x.chunks(cols).map(quantize_activations).collect();
-    rows_in_parallel(rows, m, |n, t| {
-        dot_row(
-            isa,
-            kind,
-            &weight[n * row_bytes..(n + 1) * row_bytes],
-            &acts[t],
-        )
-    })
+    // Several activation rows (batched decode, short prompts): legacy blocks are decoded
+    // once per four rows.
+    #[cfg(target_arch = "x86_64")]
+    let four = m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy();
+    rows_in_parallel_with(
+        rows,
+        m,
+        || (),
+        |_, n, outs| {
+            let w = &weight[n * row_bytes..(n + 1) * row_bytes];
+            let mut t = 0;
+            #[cfg(target_arch = "x86_64")]
+            if four {
+                while t + 4 <= m {
+                    let rows4 = [&acts[t][..], &acts[t + 1], &acts[t + 2], &acts[t + 3]];
+                    // SAFETY: `Isa::Avx2` means AVX2, FMA and F16C are present.
+                    let r = unsafe { avx2::dot4_legacy(kind, w, rows4) };
+                    outs[t..t + 4].copy_from_slice(&r);
+                    t += 4;
+                }
+            }
+            for (tt, o) in outs.iter_mut().enumerate().skip(t) {
+                *o = dot_row(isa, kind, w, &acts[tt]);
+            }
+        },
+    )
 }
 
 /// `out[t · rows + n] = f(n, t)` for every weight row n and input row t, each thread of
@@ -507,6 +533,35 @@ mod tests {
                     (p - q).abs() <= 1e-4 * p.abs().max(1.0),
                     "{kind:?}: {p} vs {q}"
                 );
+            }
+        }
+    }
+
+    /// A product over many activation rows (the four-rows-at-once path for legacy
+    /// blocks) gives bit-identical rows to one row at a time.
+    #[test]
+    fn many_rows_equal_single_rows_bit_for_bit() {
+        // 256 columns (8 blocks) for every kind; 96 (3: an odd count) for 32-blocks.
+        let cases = KINDS.iter().map(|&k| (k, 256)).chain(
+            KINDS
+                .iter()
+                .filter(|(k, _)| k.is_legacy())
+                .map(|&k| (k, 96)),
+        );
+        for ((kind, dt), cols) in cases {
+            let (rows, m) = (19, 7);
+            let w = random(rows * cols, 5);
+            let x = random(m * cols, 6);
+            let q = QTensor::quantize(
+                &Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap(),
+                dt,
+            )
+            .unwrap();
+            let bytes = q.data().unwrap();
+            let all = matmul(kind, &bytes, rows, cols, &x, m);
+            for t in 0..m {
+                let one = matmul(kind, &bytes, rows, cols, &x[t * cols..(t + 1) * cols], 1);
+                assert!(all[t * rows..(t + 1) * rows] == one[..], "{kind:?} row {t}");
             }
         }
     }
