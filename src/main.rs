@@ -49,6 +49,10 @@ struct Cli {
     /// router, embeddings and head keep the load dtype). --topology rules still override.
     #[arg(long, global = true, value_name = "ORG", default_value = "default", value_parser = parse_organization)]
     isq_organization: IsqOrganization,
+    /// Multiply prompts of block-quantized layers with 8-bit activations, as llama.cpp's
+    /// CPU backend does (slower prompts; for like-for-like perplexity with llama.cpp).
+    #[arg(long, global = true)]
+    q8_activations: bool,
     /// Worker threads for the CPU kernels (default: all cores).
     #[arg(short = 't', long, global = true)]
     threads: Option<usize>,
@@ -371,6 +375,7 @@ fn run(cli: Cli) -> Result<()> {
             .build_global()
             .ok();
     }
+    smelt::quant::kernels::set_q8_activations(cli.q8_activations);
     match &cli.command {
         Command::Plain(a) => chat_or_complete(&cli, plain_spec(a)),
         Command::Gguf(a) => chat_or_complete(&cli, gguf_spec(a)),

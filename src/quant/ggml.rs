@@ -44,9 +44,17 @@ impl GgmlLinear {
         };
         let (out_features, in_features) = self.shape();
         let weight = self.qtensor.data()?;
-        Ok(kernels::apply_to_rows(x, out_features, |xs, m| {
-            kernels::matmul(kind, &weight, out_features, in_features, xs, m)
-        })?)
+        let limit = if kernels::q8_activations() {
+            usize::MAX
+        } else {
+            kernels::MAX_KERNEL_ROWS
+        };
+        Ok(kernels::apply_to_rows_below(
+            x,
+            out_features,
+            limit,
+            |xs, m| kernels::matmul(kind, &weight, out_features, in_features, xs, m),
+        )?)
     }
 }
 

@@ -15,9 +15,18 @@ pub struct Q8Act {
 }
 
 pub fn quantize_activations(x: &[f32]) -> Vec<Q8Act> {
-    x.chunks_exact(BLOCK)
-        .map(|b| {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    quantize_activations_scaled_per(x, BLOCK)
+}
+
+/// One scale per `span` elements (a multiple of the 32-element block): 256 gives
+/// llama.cpp's q8_K activations for K-quant weights.
+pub fn quantize_activations_scaled_per(x: &[f32], span: usize) -> Vec<Q8Act> {
+    x.chunks(span)
+        .flat_map(|s| {
+            let amax = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+            s.chunks_exact(BLOCK).map(move |b| (b, amax))
+        })
+        .map(|(b, amax)| {
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut qs = [0i8; BLOCK];

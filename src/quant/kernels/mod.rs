@@ -137,6 +137,20 @@ pub fn dot_row(isa: Isa, kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
 /// bandwidth-bound kernels; from it on (prompts) through a blocked f32 GEMM.
 pub const MAX_KERNEL_ROWS: usize = 32;
 
+static Q8_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes block-quantized layers multiply every batch, prompts included, through the
+/// 8-bit-activation kernels, as llama.cpp's CPU backend does, instead of dequantizing for
+/// an f32 GEMM from [`MAX_KERNEL_ROWS`] rows on. Prompts get slower; the arithmetic (and
+/// so the perplexity) becomes llama.cpp's, for like-for-like comparisons.
+pub fn set_q8_activations(on: bool) {
+    Q8_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn q8_activations() -> bool {
+    Q8_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs `kernel(x_rows, m)` on a CPU f32 input of any rank when it has fewer than
 /// [`MAX_KERNEL_ROWS`] rows, and shapes the `m × out_features` result like `x`.
 /// None when the input is not kernel-sized or not on the CPU.
@@ -145,9 +159,19 @@ pub fn apply_to_rows(
     out_features: usize,
     kernel: impl FnOnce(&[f32], usize) -> Vec<f32>,
 ) -> candle_core::Result<Option<candle_core::Tensor>> {
+    apply_to_rows_below(x, out_features, MAX_KERNEL_ROWS, kernel)
+}
+
+/// [`apply_to_rows`] for inputs of fewer than `limit` rows.
+pub fn apply_to_rows_below(
+    x: &candle_core::Tensor,
+    out_features: usize,
+    limit: usize,
+    kernel: impl FnOnce(&[f32], usize) -> Vec<f32>,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
     let cols = x.dim(candle_core::D::Minus1)?;
     let m = x.elem_count() / cols.max(1);
-    if m == 0 || m >= MAX_KERNEL_ROWS || !x.device().is_cpu() {
+    if m == 0 || m >= limit || !x.device().is_cpu() {
         return Ok(None);
     }
     let xs: Vec<f32> = x
@@ -193,7 +217,16 @@ pub fn matmul_with(
     assert_eq!(x.len(), m * cols);
     let row_bytes = cols / kind.block_elems() * kind.block_bytes();
     assert_eq!(weight.len(), rows * row_bytes);
-    let acts: Vec<Vec<Q8Act>> = x.chunks(cols).map(quantize_activations).collect();
+    // In llama.cpp-arithmetic mode K-quants see its q8_K activations (one scale per 256).
+    let span = if q8_activations() && !kind.is_legacy() {
+        256
+    } else {
+        BLOCK
+    };
+    let acts: Vec<Vec<Q8Act>> = x
+        .chunks(cols)
+        .map(|r| act::quantize_activations_scaled_per(r, span))
+        .collect();
     // Several activation rows (batched decode, short prompts): legacy blocks are decoded
     // once per four rows.
     #[cfg(target_arch = "x86_64")]
