@@ -68,18 +68,7 @@ impl SafetensorsFiles {
 
     /// Raw bytes, dtype and shape of one tensor (no conversion).
     pub fn raw(&self, name: &str) -> Result<(safetensors::Dtype, Vec<usize>, &[u8])> {
-        let shard = &self.shards[*self
-            .index
-            .get(name)
-            .with_context(|| format!("tensor {name} is missing"))?];
-        let info = shard
-            .metadata
-            .info(name)
-            .with_context(|| format!("tensor {name} is missing from {}", shard.path.display()))?;
-        let (start, end) = (
-            shard.data_start + info.data_offsets.0,
-            shard.data_start + info.data_offsets.1,
-        );
+        let (shard, start, end, info) = self.locate(name)?;
         Ok((info.dtype, info.shape.clone(), &shard.mmap[start..end]))
     }
 
@@ -89,6 +78,21 @@ impl SafetensorsFiles {
 
     /// Copies one tensor out of the map (on the CPU) and releases its pages.
     pub fn load(&self, name: &str) -> Result<Tensor> {
+        let (shard, start, end, info) = self.locate(name)?;
+        let view = TensorView::new(info.dtype, info.shape.clone(), &shard.mmap[start..end])
+            .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
+        let tensor = view
+            .load(&Device::Cpu)
+            .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
+        release_pages(&shard.mmap, start, end);
+        Ok(tensor)
+    }
+
+    /// The shard holding `name`, the tensor's byte range in its map, and its header entry.
+    fn locate(
+        &self,
+        name: &str,
+    ) -> Result<(&Shard, usize, usize, &safetensors::tensor::TensorInfo)> {
         let shard = &self.shards[*self
             .index
             .get(name)
@@ -97,17 +101,12 @@ impl SafetensorsFiles {
             .metadata
             .info(name)
             .with_context(|| format!("tensor {name} is missing from {}", shard.path.display()))?;
-        let (start, end) = (
+        Ok((
+            shard,
             shard.data_start + info.data_offsets.0,
             shard.data_start + info.data_offsets.1,
-        );
-        let view = TensorView::new(info.dtype, info.shape.clone(), &shard.mmap[start..end])
-            .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
-        let tensor = view
-            .load(&Device::Cpu)
-            .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
-        release_pages(&shard.mmap, start, end);
-        Ok(tensor)
+            info,
+        ))
     }
 }
 

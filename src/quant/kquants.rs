@@ -262,6 +262,19 @@ fn q2k_block(x: &[f32], out: &mut [u8]) {
         }
         dmin = f16::from_f32(max_min / 15.0);
     }
+    finish_q2k(x, &sc, d, dmin, &mut l, out);
+}
+
+/// Q2_K's last step, shared with the weighted quantizer: codes recomputed against the
+/// stored (rounded) scales and mins, then the block written out.
+pub(crate) fn finish_q2k(
+    x: &[f32],
+    sc: &[u8; 16],
+    d: f16,
+    dmin: f16,
+    l: &mut [u8; QK_K],
+    out: &mut [u8],
+) {
     for g in 0..16 {
         let dg = d.to_f32() * (sc[g] & 0x0F) as f32;
         if dg == 0.0 {
@@ -272,7 +285,7 @@ fn q2k_block(x: &[f32], out: &mut [u8]) {
             l[16 * g + i] = nearest_int((x[16 * g + i] + dm) / dg).clamp(0, 3) as u8;
         }
     }
-    out[..16].copy_from_slice(&sc);
+    out[..16].copy_from_slice(sc);
     for half in 0..2 {
         let lh = &l[128 * half..];
         for i in 0..32 {

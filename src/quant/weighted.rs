@@ -9,7 +9,8 @@
 //! give different bytes, so they are not used.)
 
 use super::kquants::{
-    fit_affine, fit_symmetric, nearest_int, pack_q4k, pack_q5k, pack_scales, q6k_block_weighted,
+    finish_q2k, fit_affine, fit_symmetric, nearest_int, pack_q4k, pack_q5k, pack_scales,
+    q6k_block_weighted,
 };
 use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -189,26 +190,7 @@ fn affine_k_weighted(x: &[f32], qw: &[f32], nmax: i32, out: &mut [u8]) {
     let sigma2 = 2.0 * x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
     let mut l = [0u8; 256];
     let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
-    for j in 0..8 {
-        let xs = &x[32 * j..32 * (j + 1)];
-        let mut w = [0f32; 32];
-        for i in 0..32 {
-            w[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
-        sw[j] = w.iter().sum();
-        let (s, m) = fit_affine(
-            xs,
-            &w,
-            nmax,
-            -0.9,
-            0.05,
-            36,
-            false,
-            &mut l[32 * j..32 * (j + 1)],
-        );
-        scales[j] = s;
-        mins[j] = m;
-    }
+    fit_sub_blocks(x, qw, sigma2, nmax, &mut l, &mut scales, &mut mins, &mut sw);
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d = fit_scales(&scales, 63, &sw, &mut ls);
     let dmin = fit_scales(&mins, 63, &sw, &mut lm);
@@ -299,26 +281,7 @@ fn q2k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let sigma2 = x.iter().fold(0f32, |a, v| a + v * v) / 256.0;
     let mut l = [0u8; 256];
     let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
-    for g in 0..16 {
-        let xs = &x[16 * g..16 * (g + 1)];
-        let mut w = [0f32; 16];
-        for i in 0..16 {
-            w[i] = qw[16 * g + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
-        sw[g] = w.iter().sum();
-        let (s, m) = fit_affine(
-            xs,
-            &w,
-            3,
-            -0.9,
-            0.05,
-            36,
-            false,
-            &mut l[16 * g..16 * (g + 1)],
-        );
-        scales[g] = s;
-        mins[g] = m;
-    }
+    fit_sub_blocks(x, qw, sigma2, 3, &mut l, &mut scales, &mut mins, &mut sw);
     let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
     let d = f16::from_f32(fit_scales(&scales, 15, &sw, &mut ls));
     let dmin = f16::from_f32(fit_scales(&mins, 15, &sw, &mut lm));
@@ -326,26 +289,42 @@ fn q2k_weighted(x: &[f32], qw: &[f32], out: &mut [u8]) {
     for g in 0..16 {
         sc[g] = ls[g] | (lm[g] << 4);
     }
-    for g in 0..16 {
-        let dg = d.to_f32() * (sc[g] & 0x0F) as f32;
-        if dg == 0.0 {
-            continue;
-        }
-        let dm = dmin.to_f32() * (sc[g] >> 4) as f32;
-        for i in 0..16 {
-            l[16 * g + i] = nearest_int((x[16 * g + i] + dm) / dg).clamp(0, 3) as u8;
-        }
+    finish_q2k(x, &sc, d, dmin, &mut l, out);
+}
+
+/// Weighted affine fits of the equal sub-blocks of one super-block (as many as `scales`
+/// holds), weights `qw · √(σ² + x²)`; fills codes, scales, mins and weight sums.
+#[allow(clippy::too_many_arguments)]
+fn fit_sub_blocks(
+    x: &[f32],
+    qw: &[f32],
+    sigma2: f32,
+    nmax: i32,
+    l: &mut [u8; 256],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    sw: &mut [f32],
+) {
+    let sub = 256 / scales.len();
+    for j in 0..scales.len() {
+        let xs = &x[sub * j..sub * (j + 1)];
+        let w: Vec<f32> = (0..sub)
+            .map(|i| qw[sub * j + i] * (sigma2 + xs[i] * xs[i]).sqrt())
+            .collect();
+        sw[j] = w.iter().sum();
+        let (s, m) = fit_affine(
+            xs,
+            &w,
+            nmax,
+            -0.9,
+            0.05,
+            36,
+            false,
+            &mut l[sub * j..sub * (j + 1)],
+        );
+        scales[j] = s;
+        mins[j] = m;
     }
-    out[..16].copy_from_slice(&sc);
-    for half in 0..2 {
-        let lh = &l[128 * half..];
-        for i in 0..32 {
-            out[16 + 32 * half + i] =
-                lh[i] | (lh[i + 32] << 2) | (lh[i + 64] << 4) | (lh[i + 96] << 6);
-        }
-    }
-    out[80..82].copy_from_slice(&d.to_le_bytes());
-    out[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
 #[derive(Clone, Copy)]

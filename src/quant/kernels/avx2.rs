@@ -286,6 +286,7 @@ unsafe fn block_codes(kind: BlockKind, b: *const u8) -> (__m256i, bool, f32, f32
 /// activation row the arithmetic — two accumulator chains over even and odd blocks, the
 /// same FMAs in the same order — is exactly `dot`'s, so results are bit-identical to four
 /// `dot` calls (batched decode must not change a sequence's output).
+#[allow(clippy::needless_range_loop)] // `blk` indexes four activation rows and the blocks
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot4_legacy(kind: BlockKind, row: &[u8], acts: [&[Q8Act]; 4]) -> [f32; 4] {
     let bb = kind.block_bytes();
