@@ -295,7 +295,18 @@ impl Worker {
                 self.admit(self.pending_reisq.first().map(|p| p.0));
             }
             if !self.running.is_empty() {
-                self.step();
+                // A bug in one step must not take the engine down with every later
+                // request: fail the sequences of that step and keep serving.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+                if step.is_err() {
+                    tracing::error!("an engine step panicked; failing its sequences");
+                    for seq in std::mem::take(&mut self.running) {
+                        let _ = seq
+                            .events
+                            .send(SeqEvent::Error("internal error in the engine".into()));
+                        self.metrics.finished_error.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             self.publish_gauges();
         }
