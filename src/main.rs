@@ -174,6 +174,9 @@ struct SamplingArgs {
 enum Command {
     /// A Hugging Face checkpoint (safetensors + config.json + tokenizer.json).
     Plain(PlainArgs),
+    /// An MLX-quantized checkpoint (config.json `quantization: {bits, group_size}`); the
+    /// same as `plain`, which detects it too.
+    Mlx(PlainArgs),
     /// A GGUF file.
     Gguf(GgufArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
@@ -185,6 +188,7 @@ enum Command {
 #[derive(Subcommand, Clone)]
 enum LoaderCommand {
     Plain(PlainArgs),
+    Mlx(PlainArgs),
     Gguf(GgufArgs),
 }
 
@@ -264,7 +268,7 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 impl LoaderCommand {
     fn spec(&self) -> (ModelSpec, DType) {
         match self {
-            Self::Plain(a) => plain_spec(a),
+            Self::Plain(a) | Self::Mlx(a) => plain_spec(a),
             Self::Gguf(a) => gguf_spec(a),
         }
     }
@@ -377,7 +381,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     smelt::quant::kernels::set_q8_activations(cli.q8_activations);
     match &cli.command {
-        Command::Plain(a) => chat_or_complete(&cli, plain_spec(a)),
+        Command::Plain(a) | Command::Mlx(a) => chat_or_complete(&cli, plain_spec(a)),
         Command::Gguf(a) => chat_or_complete(&cli, gguf_spec(a)),
         Command::Perplexity(p) => {
             let text = std::fs::read_to_string(&p.file)
