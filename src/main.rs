@@ -177,6 +177,9 @@ enum Command {
     /// An MLX-quantized checkpoint (config.json `quantization: {bits, group_size}`); the
     /// same as `plain`, which detects it too.
     Mlx(PlainArgs),
+    /// A GPTQ checkpoint (config.json `quantization_config.quant_method: gptq`, 2/4/8 bits,
+    /// act-order included); the same as `plain`, which detects it too.
+    Gptq(PlainArgs),
     /// A GGUF file.
     Gguf(GgufArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
@@ -189,6 +192,7 @@ enum Command {
 enum LoaderCommand {
     Plain(PlainArgs),
     Mlx(PlainArgs),
+    Gptq(PlainArgs),
     Gguf(GgufArgs),
 }
 
@@ -268,7 +272,7 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 impl LoaderCommand {
     fn spec(&self) -> (ModelSpec, DType) {
         match self {
-            Self::Plain(a) | Self::Mlx(a) => plain_spec(a),
+            Self::Plain(a) | Self::Mlx(a) | Self::Gptq(a) => plain_spec(a),
             Self::Gguf(a) => gguf_spec(a),
         }
     }
@@ -381,7 +385,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     smelt::quant::kernels::set_q8_activations(cli.q8_activations);
     match &cli.command {
-        Command::Plain(a) | Command::Mlx(a) => chat_or_complete(&cli, plain_spec(a)),
+        Command::Plain(a) | Command::Mlx(a) | Command::Gptq(a) => {
+            chat_or_complete(&cli, plain_spec(a))
+        }
         Command::Gguf(a) => chat_or_complete(&cli, gguf_spec(a)),
         Command::Perplexity(p) => {
             let text = std::fs::read_to_string(&p.file)

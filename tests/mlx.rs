@@ -1,4 +1,4 @@
-//! MLX checkpoints (config.json `quantization: {group_size, bits}`, u32 codes with f16
+//! Prequantized checkpoints. MLX checkpoints (config.json `quantization: {group_size, bits}`, u32 codes with f16
 //! scales/biases) load under `plain`, checked against MLX itself: the tiny llama3 fixture
 //! quantized by `mx.quantize` must give the logits of the same model with the weights
 //! `mx.dequantize` returns (scripts/make-mlx-fixtures.py). Other prequantized formats
@@ -63,7 +63,7 @@ fn other_prequantized_formats_are_refused() {
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["quantization_config"] =
-        serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 128});
+        serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": 128});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let spec = ModelSpec::Plain {
         model_id: dir.to_string_lossy().into_owned(),
@@ -74,7 +74,7 @@ fn other_prequantized_formats_are_refused() {
         smelt::load(&spec, &LoadOptions::default()).err().unwrap()
     );
     assert!(
-        err.contains("gptq") && err.contains("does not load"),
+        err.contains("awq") && err.contains("does not load"),
         "{err}"
     );
     cfg["quantization_config"] = serde_json::json!({"bits": 5, "group_size": 64});
@@ -85,4 +85,58 @@ fn other_prequantized_formats_are_refused() {
     );
     assert!(err.contains("5 bits"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// GPTQ (v1 layout, 4 bits, group 32, act-order g_idx, asymmetric) converted on load to
+/// the shared affine storage: every layer's dequantized weight equals the documented
+/// GPTQ dequantization (scripts/make-gptq-fixtures.py) up to the f16 rounding of the
+/// stored offsets, and the logits follow.
+#[test]
+fn gptq_checkpoint_matches_its_documented_dequantization() {
+    let q = smelt::load(&spec("llama3-gptq4"), &LoadOptions::default()).unwrap();
+    let r = smelt::load(&spec("llama3-gptq4-dequant"), &LoadOptions::default()).unwrap();
+    let (ql, rl) = (q.model.named_linears(), r.model.named_linears());
+    assert_eq!(ql.len(), 14);
+    // Layers with more than one group (K > 32: down_proj) need their columns reordered.
+    let reordered = ql
+        .iter()
+        .filter(|(_, l)| l.storage_name().contains("act-order"))
+        .count();
+    assert_eq!(reordered, 2, "down_proj of both layers");
+    for ((name, a), (_, b)) in ql.iter().zip(&rl) {
+        let a: Vec<f32> = a
+            .dequantize()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = b
+            .dequantize()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= 2e-3 * scale,
+            "{name}: max error {err} (weights up to {scale})"
+        );
+    }
+    let (a, b) = (
+        logits(&spec("llama3-gptq4")),
+        logits(&spec("llama3-gptq4-dequant")),
+    );
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 0.05, "max logit difference {max}");
 }

@@ -3,6 +3,7 @@
 pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_tokenizer;
+pub mod gptq;
 pub mod hub;
 pub mod plain;
 pub mod safetensors_file;

@@ -23,8 +23,22 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     let config_text = std::fs::read_to_string(&config_path)?;
     let cfg = ModelConfig::from_hf_json(&config_text)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let mlx = mlx_quantization(&serde_json::from_str(&config_text)?)
+    let config_json: serde_json::Value = serde_json::from_str(&config_text)?;
+    let gptq = gptq_quantization(&config_json)
         .with_context(|| format!("reading {}", config_path.display()))?;
+    let mlx = match gptq {
+        Some(_) => None,
+        None => mlx_quantization(&config_json)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    };
+    if let Some(g) = &gptq {
+        tracing::info!(
+            "GPTQ checkpoint: {}-bit, group size {}",
+            g.bits,
+            g.group_size
+                .map_or("whole row".to_string(), |s| s.to_string())
+        );
+    }
     if let Some(q) = &mlx {
         tracing::info!(
             "MLX checkpoint: {}-bit affine layers, group size {}",
@@ -42,6 +56,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
         mlx,
+        gptq,
     };
     super::finish_load(cfg, Arc::new(src), assets, model_id.to_string(), opts)
 }
@@ -146,6 +161,17 @@ struct MlxQuant {
     group_size: usize,
 }
 
+/// GPTQ settings from config.json's `quantization_config`, if that is what it holds.
+fn gptq_quantization(cfg: &serde_json::Value) -> Result<Option<super::gptq::GptqQuant>> {
+    let Some(q) = cfg.get("quantization_config") else {
+        return Ok(None);
+    };
+    if q.get("quant_method").and_then(|m| m.as_str()) != Some("gptq") {
+        return Ok(None);
+    }
+    Ok(Some(super::gptq::GptqQuant::from_config(q)?))
+}
+
 /// Reads the prequantized-checkpoint settings of config.json. Formats smelt does not load
 /// yet are refused here rather than read as garbage.
 fn mlx_quantization(cfg: &serde_json::Value) -> Result<Option<MlxQuant>> {
@@ -158,7 +184,7 @@ fn mlx_quantization(cfg: &serde_json::Value) -> Result<Option<MlxQuant>> {
     match q.get("quant_method").and_then(|m| m.as_str()) {
         None | Some("mlx") | Some("affine") => {}
         Some(other) => bail!(
-            "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights yet (supported: MLX affine)"
+            "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights yet (supported: MLX affine, GPTQ)"
         ),
     }
     let field = |k: &str| q.get(k).and_then(|v| v.as_u64());
@@ -184,6 +210,8 @@ struct SafetensorsSource {
     embed_cache: Mutex<Option<Tensor>>,
     /// Set for MLX checkpoints: layers with `.scales` are affine-quantized.
     mlx: Option<MlxQuant>,
+    /// Set for GPTQ checkpoints: layers with `.qweight` are GPTQ-packed.
+    gptq: Option<super::gptq::GptqQuant>,
 }
 
 impl SafetensorsSource {
@@ -277,13 +305,19 @@ impl WeightSource for SafetensorsSource {
             None
         };
         let wname = format!("{name}.weight");
-        if let Some(layer) = self.mlx_layer(name, bias.clone())? {
+        let prequantized: Option<Arc<dyn QuantLinear>> = match self.gptq {
+            Some(q) => super::gptq::layer(&self.tensors, name, q, bias.clone())?,
+            None => self
+                .mlx_layer(name, bias.clone())?
+                .map(|l| Arc::new(l) as Arc<dyn QuantLinear>),
+        };
+        if let Some(layer) = prequantized {
             return match isq {
                 Some(ty) => self
                     .opts
                     .quantize(name, &layer.dequantize()?, bias, ty)
                     .with_context(|| format!("quantizing {wname} to {ty}")),
-                None => Ok(Arc::new(layer)),
+                None => Ok(layer),
             };
         }
         match isq {

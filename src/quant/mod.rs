@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod kquants;
 pub mod organization;
 pub mod packing;
+pub mod permuted;
 pub mod topology;
 pub mod unquantized;
 pub mod uqff;
