@@ -86,7 +86,7 @@ if out_d is not None:
 cfg["quantization_config"] = {"quant_method": "gptq", "bits": BITS, "group_size": GS,
                               "desc_act": True, "sym": False}
 (out_q / "config.json").write_text(json.dumps(cfg, indent=1))
-save_file(quant, out_q / "model.safetensors")
+save_file({k: np.ascontiguousarray(v) for k, v in quant.items()}, out_q / "model.safetensors")
 if out_d is not None:
-    save_file(dequant, out_d / "model.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in dequant.items()}, out_d / "model.safetensors")
 print("wrote", out_q, out_d)

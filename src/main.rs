@@ -180,6 +180,8 @@ enum Command {
     /// A GPTQ checkpoint (config.json `quantization_config.quant_method: gptq`, 2/4/8 bits,
     /// act-order included); the same as `plain`, which detects it too.
     Gptq(PlainArgs),
+    /// An AWQ checkpoint (`quant_method: awq`, 4-bit GEMM layout); the same as `plain`.
+    Awq(PlainArgs),
     /// A GGUF file.
     Gguf(GgufArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
@@ -193,6 +195,7 @@ enum LoaderCommand {
     Plain(PlainArgs),
     Mlx(PlainArgs),
     Gptq(PlainArgs),
+    Awq(PlainArgs),
     Gguf(GgufArgs),
 }
 
@@ -272,7 +275,7 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 impl LoaderCommand {
     fn spec(&self) -> (ModelSpec, DType) {
         match self {
-            Self::Plain(a) | Self::Mlx(a) | Self::Gptq(a) => plain_spec(a),
+            Self::Plain(a) | Self::Mlx(a) | Self::Gptq(a) | Self::Awq(a) => plain_spec(a),
             Self::Gguf(a) => gguf_spec(a),
         }
     }
@@ -385,7 +388,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     smelt::quant::kernels::set_q8_activations(cli.q8_activations);
     match &cli.command {
-        Command::Plain(a) | Command::Mlx(a) | Command::Gptq(a) => {
+        Command::Plain(a) | Command::Mlx(a) | Command::Gptq(a) | Command::Awq(a) => {
             chat_or_complete(&cli, plain_spec(a))
         }
         Command::Gguf(a) => chat_or_complete(&cli, gguf_spec(a)),

@@ -63,7 +63,7 @@ fn other_prequantized_formats_are_refused() {
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["quantization_config"] =
-        serde_json::json!({"quant_method": "awq", "bits": 4, "group_size": 128});
+        serde_json::json!({"quant_method": "bitsandbytes", "load_in_4bit": true});
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let spec = ModelSpec::Plain {
         model_id: dir.to_string_lossy().into_owned(),
@@ -74,7 +74,7 @@ fn other_prequantized_formats_are_refused() {
         smelt::load(&spec, &LoadOptions::default()).err().unwrap()
     );
     assert!(
-        err.contains("awq") && err.contains("does not load"),
+        err.contains("bitsandbytes") && err.contains("does not load"),
         "{err}"
     );
     cfg["quantization_config"] = serde_json::json!({"bits": 5, "group_size": 64});
@@ -87,22 +87,18 @@ fn other_prequantized_formats_are_refused() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// GPTQ (v1 layout, 4 bits, group 32, act-order g_idx, asymmetric) converted on load to
-/// the shared affine storage: every layer's dequantized weight equals the documented
-/// GPTQ dequantization (scripts/make-gptq-fixtures.py) up to the f16 rounding of the
-/// stored offsets, and the logits follow.
-#[test]
-fn gptq_checkpoint_matches_its_documented_dequantization() {
-    let q = smelt::load(&spec("llama3-gptq4"), &LoadOptions::default()).unwrap();
-    let r = smelt::load(&spec("llama3-gptq4-dequant"), &LoadOptions::default()).unwrap();
+/// Layer weights and logits of a prequantized fixture against the plain checkpoint of
+/// its documented dequantization; the weights may differ by the f16 rounding of the
+/// stored −scale·zero offsets. Returns how many layers needed a column reordering.
+fn check_against_dequantized(fixture: &str) -> usize {
+    let q = smelt::load(&spec(fixture), &LoadOptions::default()).unwrap();
+    let r = smelt::load(
+        &spec(&format!("{fixture}-dequant")),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     let (ql, rl) = (q.model.named_linears(), r.model.named_linears());
     assert_eq!(ql.len(), 14);
-    // Layers with more than one group (K > 32: down_proj) need their columns reordered.
-    let reordered = ql
-        .iter()
-        .filter(|(_, l)| l.storage_name().contains("act-order"))
-        .count();
-    assert_eq!(reordered, 2, "down_proj of both layers");
     for ((name, a), (_, b)) in ql.iter().zip(&rl) {
         let a: Vec<f32> = a
             .dequantize()
@@ -126,17 +122,35 @@ fn gptq_checkpoint_matches_its_documented_dequantization() {
             .fold(0f32, f32::max);
         assert!(
             err <= 2e-3 * scale,
-            "{name}: max error {err} (weights up to {scale})"
+            "{fixture} {name}: max error {err} (weights up to {scale})"
         );
     }
     let (a, b) = (
-        logits(&spec("llama3-gptq4")),
-        logits(&spec("llama3-gptq4-dequant")),
+        logits(&spec(fixture)),
+        logits(&spec(&format!("{fixture}-dequant"))),
     );
     let max = a
         .iter()
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
-    assert!(max < 0.05, "max logit difference {max}");
+    assert!(max < 0.05, "{fixture}: max logit difference {max}");
+    ql.iter()
+        .filter(|(_, l)| l.storage_name().contains("act-order"))
+        .count()
+}
+
+/// GPTQ (v1 layout, 4 bits, group 32, act-order g_idx, asymmetric), packed by
+/// scripts/make-gptq-fixtures.py: the two down_proj layers (more than one group) need
+/// their input columns reordered.
+#[test]
+fn gptq_checkpoint_matches_its_documented_dequantization() {
+    assert_eq!(check_against_dequantized("llama3-gptq4"), 2);
+}
+
+/// AWQ GEMM (4 bits, group 32, interleaved columns), packed by
+/// scripts/make-awq-fixtures.py.
+#[test]
+fn awq_checkpoint_matches_its_documented_dequantization() {
+    assert_eq!(check_against_dequantized("llama3-awq4"), 0);
 }

@@ -49,7 +49,7 @@ impl GptqQuant {
     }
 }
 
-fn i32s(files: &SafetensorsFiles, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
+pub(crate) fn i32s(files: &SafetensorsFiles, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
     let (dt, shape, bytes) = files.raw(name)?;
     ensure!(
         matches!(dt, safetensors::Dtype::I32 | safetensors::Dtype::U32),
@@ -134,31 +134,78 @@ pub fn layer(
     let zero = |g: usize, nn: usize| {
         ((qzeros[g * zshape[1] + nn / pf] >> (bits as usize * (nn % pf))) & mask) + q.zero_offset
     };
-    let mut codes = vec![0u8; k];
-    let mut packed = Vec::with_capacity(n * k * bits as usize / 32);
+    affine_layer(
+        &format!("GPTQ layer {name}"),
+        IntCodes {
+            rows: n,
+            cols: k,
+            bits,
+            group: gs,
+            scales: &scales,
+        },
+        code,
+        zero,
+        perm,
+        bias,
+    )
+    .map(Some)
+}
+
+/// The shape of an integer-coded layer: `rows` outputs × `cols` inputs, codes of `bits`,
+/// groups of `group` input columns, `scales[g · rows + n]`.
+pub(crate) struct IntCodes<'a> {
+    pub rows: usize,
+    pub cols: usize,
+    pub bits: u32,
+    pub group: usize,
+    pub scales: &'a [f32],
+}
+
+/// Builds the shared affine storage from integer codes `code(k, n)` and zero points
+/// `zero(g, n)` (W[n, k] = scale · (code − zero)), input columns taken in `perm` order
+/// (so group g is positions g·group..): a plain AFQ layer, or one behind a column
+/// permutation when `perm` is not the identity.
+pub(crate) fn affine_layer(
+    what: &str,
+    shape: IntCodes,
+    code: impl Fn(usize, usize) -> u32,
+    zero: impl Fn(usize, usize) -> u32,
+    perm: Vec<u32>,
+    bias: Option<Tensor>,
+) -> Result<Arc<dyn QuantLinear>> {
+    let IntCodes {
+        rows,
+        cols,
+        bits,
+        group,
+        scales,
+    } = shape;
+    let groups = cols / group;
+    let mut codes = vec![0u8; cols];
+    let mut packed = Vec::with_capacity(rows * cols * bits as usize / 32);
     let (mut sc, mut bi) = (
-        Vec::with_capacity(n * groups),
-        Vec::with_capacity(n * groups),
+        Vec::with_capacity(rows * groups),
+        Vec::with_capacity(rows * groups),
     );
-    for nn in 0..n {
+    for nn in 0..rows {
         for (j, &c) in perm.iter().enumerate() {
             codes[j] = code(c as usize, nn) as u8;
         }
         packed.extend(crate::quant::packing::pack(&codes, bits));
         for g in 0..groups {
-            let s = scales[g * n + nn];
+            let s = scales[g * rows + nn];
             sc.push(half::f16::from_f32(s));
             bi.push(half::f16::from_f32(-s * zero(g, nn) as f32));
         }
     }
     let afq: Arc<dyn QuantLinear> = Arc::new(
-        AfqLinear::from_parts(n, k, bits, gs, packed, sc, bi, bias)
-            .with_context(|| format!("GPTQ layer {name}"))?,
+        AfqLinear::from_parts(rows, cols, bits, group, packed, sc, bi, bias)
+            .with_context(|| what.to_string())?,
     );
     let identity = perm.iter().enumerate().all(|(j, &c)| j as u32 == c);
-    Ok(Some(if identity {
+    Ok(if identity {
         afq
     } else {
         Arc::new(PermutedLinear::new(afq, &perm)?)
-    }))
+    })
 }

@@ -1,5 +1,6 @@
 //! Turning files on disk into a model, a tokenizer and a chat template.
 
+pub mod awq;
 pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_tokenizer;

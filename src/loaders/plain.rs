@@ -26,11 +26,19 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     let config_json: serde_json::Value = serde_json::from_str(&config_text)?;
     let gptq = gptq_quantization(&config_json)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let mlx = match gptq {
-        Some(_) => None,
-        None => mlx_quantization(&config_json)
+    let awq = awq_quantization(&config_json)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let mlx = match (gptq, awq) {
+        (None, None) => mlx_quantization(&config_json)
             .with_context(|| format!("reading {}", config_path.display()))?,
+        _ => None,
     };
+    if let Some(a) = &awq {
+        tracing::info!(
+            "AWQ checkpoint: 4-bit GEMM layout, group size {}",
+            a.group_size
+        );
+    }
     if let Some(g) = &gptq {
         tracing::info!(
             "GPTQ checkpoint: {}-bit, group size {}",
@@ -57,6 +65,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         embed_cache: Mutex::new(None),
         mlx,
         gptq,
+        awq,
     };
     super::finish_load(cfg, Arc::new(src), assets, model_id.to_string(), opts)
 }
@@ -172,6 +181,17 @@ fn gptq_quantization(cfg: &serde_json::Value) -> Result<Option<super::gptq::Gptq
     Ok(Some(super::gptq::GptqQuant::from_config(q)?))
 }
 
+/// AWQ settings from config.json's `quantization_config`, if that is what it holds.
+fn awq_quantization(cfg: &serde_json::Value) -> Result<Option<super::awq::AwqQuant>> {
+    let Some(q) = cfg.get("quantization_config") else {
+        return Ok(None);
+    };
+    if q.get("quant_method").and_then(|m| m.as_str()) != Some("awq") {
+        return Ok(None);
+    }
+    Ok(Some(super::awq::AwqQuant::from_config(q)?))
+}
+
 /// Reads the prequantized-checkpoint settings of config.json. Formats smelt does not load
 /// yet are refused here rather than read as garbage.
 fn mlx_quantization(cfg: &serde_json::Value) -> Result<Option<MlxQuant>> {
@@ -184,7 +204,7 @@ fn mlx_quantization(cfg: &serde_json::Value) -> Result<Option<MlxQuant>> {
     match q.get("quant_method").and_then(|m| m.as_str()) {
         None | Some("mlx") | Some("affine") => {}
         Some(other) => bail!(
-            "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights yet (supported: MLX affine, GPTQ)"
+            "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights yet (supported: MLX affine, GPTQ, AWQ)"
         ),
     }
     let field = |k: &str| q.get(k).and_then(|v| v.as_u64());
@@ -212,6 +232,8 @@ struct SafetensorsSource {
     mlx: Option<MlxQuant>,
     /// Set for GPTQ checkpoints: layers with `.qweight` are GPTQ-packed.
     gptq: Option<super::gptq::GptqQuant>,
+    /// Set for AWQ checkpoints: layers with `.qweight` are AWQ-packed.
+    awq: Option<super::awq::AwqQuant>,
 }
 
 impl SafetensorsSource {
@@ -305,9 +327,10 @@ impl WeightSource for SafetensorsSource {
             None
         };
         let wname = format!("{name}.weight");
-        let prequantized: Option<Arc<dyn QuantLinear>> = match self.gptq {
-            Some(q) => super::gptq::layer(&self.tensors, name, q, bias.clone())?,
-            None => self
+        let prequantized: Option<Arc<dyn QuantLinear>> = match (self.gptq, self.awq) {
+            (Some(q), _) => super::gptq::layer(&self.tensors, name, q, bias.clone())?,
+            (None, Some(q)) => super::awq::layer(&self.tensors, name, q, bias.clone())?,
+            (None, None) => self
                 .mlx_layer(name, bias.clone())?
                 .map(|l| Arc::new(l) as Arc<dyn QuantLinear>),
         };
