@@ -5,11 +5,11 @@
 //! W[n, k] = s[k/gs, n] · (q[k, n] − z[k/gs, n]). Loaded as the shared affine storage,
 //! through the same builder as GPTQ.
 
-use super::gptq::{affine_layer, i32s, IntCodes};
+use super::gptq::{affine_layer, group_scales, i32s, IntCodes};
 use super::safetensors_file::SafetensorsFiles;
 use crate::quant::QuantLinear;
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use std::sync::Arc;
 
 /// The nibble holding column c of a word: the inverse of AWQ's [0, 2, 4, 6, 1, 3, 5, 7].
@@ -70,18 +70,7 @@ pub fn layer(
         what("qweight")
     );
     let groups = k / gs;
-    let scales: Vec<f32> = files
-        .load(&format!("{name}.scales"))
-        .with_context(|| what("scales"))?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    ensure!(
-        scales.len() == groups * n,
-        "{} has {} values, expected {groups}×{n}",
-        what("scales"),
-        scales.len()
-    );
+    let scales = group_scales(files, name, groups, n)?;
     let (zshape, qzeros) =
         i32s(files, &format!("{name}.qzeros")).with_context(|| what("qzeros"))?;
     ensure!(

@@ -49,6 +49,27 @@ impl GptqQuant {
     }
 }
 
+/// A layer's `scales` ([groups, n], any float dtype) as f32, checked for size.
+pub(crate) fn group_scales(
+    files: &SafetensorsFiles,
+    name: &str,
+    groups: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let scales: Vec<f32> = files
+        .load(&format!("{name}.scales"))
+        .with_context(|| format!("{name}.scales"))?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    ensure!(
+        scales.len() == groups * n,
+        "{name}.scales has {} values, expected {groups}×{n}",
+        scales.len()
+    );
+    Ok(scales)
+}
+
 pub(crate) fn i32s(files: &SafetensorsFiles, name: &str) -> Result<(Vec<usize>, Vec<u32>)> {
     let (dt, shape, bytes) = files.raw(name)?;
     ensure!(
@@ -86,18 +107,7 @@ pub fn layer(
         what("qweight")
     );
     let groups = k / gs;
-    let scales: Vec<f32> = files
-        .load(&format!("{name}.scales"))
-        .with_context(|| what("scales"))?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    ensure!(
-        scales.len() == groups * n,
-        "{} has {} values, expected {groups}×{n}",
-        what("scales"),
-        scales.len()
-    );
+    let scales = group_scales(files, name, groups, n)?;
     let (zshape, qzeros) =
         i32s(files, &format!("{name}.qzeros")).with_context(|| what("qzeros"))?;
     ensure!(

@@ -142,19 +142,17 @@ impl AfqLinear {
             group > 0 && cols.is_multiple_of(group) && (group * bits as usize).is_multiple_of(32),
             "AFQ: row length {cols} is not a multiple of the group size {group}"
         );
-        ensure!(
-            packed.len() == rows * cols * bits as usize / 32
-                && scales.len() == rows * cols / group
-                && biases.len() == scales.len(),
-            "AFQ parts do not match a {rows} × {cols} weight"
-        );
-        if let Some(b) = &bias {
-            ensure!(
-                b.dims() == [rows],
-                "bias shape {:?} is not [{rows}]",
-                b.dims()
-            );
-        }
+        packing::check_parts(
+            "AFQ",
+            rows,
+            cols,
+            bits,
+            group,
+            packed.len(),
+            scales.len(),
+            biases.len(),
+            bias.as_ref(),
+        )?;
         Ok(Self {
             rows,
             cols,

@@ -224,19 +224,17 @@ impl HqqLinear {
             group > 0 && cols.is_multiple_of(group) && (cols * bits as usize).is_multiple_of(32),
             "HQQ: row length {cols} is not a multiple of the group size {group}"
         );
-        ensure!(
-            packed.len() == rows * cols * bits as usize / 32
-                && scales.len() == rows * cols / group
-                && zeros.len() == scales.len(),
-            "HQQ parts do not match a {rows} × {cols} weight"
-        );
-        if let Some(b) = &bias {
-            ensure!(
-                b.dims() == [rows],
-                "bias shape {:?} is not [{rows}]",
-                b.dims()
-            );
-        }
+        packing::check_parts(
+            "HQQ",
+            rows,
+            cols,
+            bits,
+            group,
+            packed.len(),
+            scales.len(),
+            zeros.len(),
+            bias.as_ref(),
+        )?;
         Ok(Self {
             rows,
             cols,

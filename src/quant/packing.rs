@@ -176,6 +176,36 @@ pub fn affine_elements(form: Affine, codes: &[u8], a: &[f16], b: &[f16], out: &m
     }
 }
 
+/// Checks the sizes of a grouped layer's parts: `packed_len` u32 words of `bits`-bit
+/// codes, one `a` and one `b` parameter per group of `group`, a bias of `rows`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_parts(
+    method: &str,
+    rows: usize,
+    cols: usize,
+    bits: u32,
+    group: usize,
+    packed_len: usize,
+    a_len: usize,
+    b_len: usize,
+    bias: Option<&candle_core::Tensor>,
+) -> Result<()> {
+    ensure!(
+        packed_len == rows * cols * bits as usize / 32
+            && a_len == rows * cols / group
+            && b_len == a_len,
+        "{method} parts do not match a {rows} × {cols} weight"
+    );
+    if let Some(b) = bias {
+        ensure!(
+            b.dims() == [rows],
+            "bias shape {:?} is not [{rows}]",
+            b.dims()
+        );
+    }
+    Ok(())
+}
+
 /// Rounds group parameters to the f16 they are stored in, refusing values f16 cannot hold.
 pub fn to_f16_checked(v: &[f32], what: &str) -> Result<Vec<f16>> {
     v.iter()
