@@ -11,8 +11,8 @@
 //! Codes are chosen with the f32 scale and the parameters rounded to f16 on store, as MLX
 //! does for f16 models.
 
+use super::kernels;
 use super::packing::{self, Affine, DecodeRows};
-use super::{kernels, QuantLinear};
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use half::f16;
@@ -231,38 +231,12 @@ impl DecodeRows for AfqLinear {
     }
 }
 
-impl QuantLinear for AfqLinear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        packing::forward(self, x, self.bias.as_ref())
-    }
-    fn dequantize(&self) -> Result<Tensor> {
-        packing::dequantize(self)
-    }
-    fn size_in_bytes(&self) -> usize {
-        self.packed.len() * 4
-            + (self.scales.len() + self.biases.len()) * 2
-            + self
-                .bias
-                .as_ref()
-                .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
-    }
-    fn storage_name(&self) -> String {
-        format!("AFQ{}", self.bits)
-    }
-    fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-    fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+packing::impl_decoded_linear!(AfqLinear, |s| weight_bytes: s.packed.len() * 4 + (s.scales.len() + s.biases.len()) * 2, name: format!("AFQ{}", s.bits));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::QuantLinear;
 
     #[test]
     fn anchors_the_larger_edge_exactly() {

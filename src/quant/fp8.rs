@@ -1,10 +1,11 @@
-//! FP8 E4M3 (the "fn" variant: no infinities, one NaN, max 448) with one f32 scale per
-//! row: scale = absmax/448 (1 for an all-zero row), code = e4m3(w / scale), rounding to
-//! nearest even, subnormals kept, values past 448 saturating to ±448. Dequantized
-//! w = e4m3_value(code) · scale.
+//! FP8 E4M3 (the "fn" variant: no infinities, one NaN, max 448) with f32 scales. ISQ
+//! uses one scale per row: scale = absmax/448 (1 for an all-zero row), code =
+//! e4m3(w / scale), rounding to nearest even, subnormals kept, values past 448 saturating
+//! to ±448. Blockwise checkpoints bring one scale per [bo, bi] block; they are kept as one
+//! scale per row per run of `scale_cols` columns (a block's scale repeated over its rows).
+//! Dequantized w = e4m3_value(code) · scale.
 
 use super::packing::{self, DecodeRows};
-use super::QuantLinear;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -85,7 +86,10 @@ pub struct Fp8Linear {
     rows: usize,
     cols: usize,
     codes: Vec<u8>,
+    /// `rows × ceil(cols / scale_cols)` scales, row-major.
     scales: Vec<f32>,
+    /// Columns each scale covers in its row (`cols`: one scale per row).
+    scale_cols: usize,
     bias: Option<Tensor>,
 }
 
@@ -116,6 +120,7 @@ impl Fp8Linear {
         Self::from_parts(rows, cols, codes.concat(), scales, bias)
     }
 
+    /// One scale per row.
     pub fn from_parts(
         rows: usize,
         cols: usize,
@@ -123,26 +128,39 @@ impl Fp8Linear {
         scales: Vec<f32>,
         bias: Option<Tensor>,
     ) -> Result<Self> {
+        Self::from_column_blocks(rows, cols, codes, scales, cols.max(1), bias)
+    }
+
+    /// One scale per row per run of `scale_cols` columns (the last run may be shorter):
+    /// `scales` has `rows × ceil(cols / scale_cols)` values, row-major.
+    pub fn from_column_blocks(
+        rows: usize,
+        cols: usize,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        scale_cols: usize,
+        bias: Option<Tensor>,
+    ) -> Result<Self> {
+        ensure!(scale_cols > 0, "FP8 scale block width must be positive");
         ensure!(
-            codes.len() == rows * cols && scales.len() == rows,
-            "FP8 parts do not match a {rows} × {cols} weight"
+            codes.len() == rows * cols && scales.len() == rows * cols.div_ceil(scale_cols),
+            "FP8 parts do not match a {rows} × {cols} weight with a scale per {scale_cols} columns"
+        );
+        ensure!(
+            scales.iter().all(|s| s.is_finite()),
+            "FP8 scales have non-finite values"
         );
         ensure!(
             codes.iter().all(|&c| c & 0x7f != 0x7f),
             "FP8 weight has NaN codes"
         );
-        if let Some(b) = &bias {
-            ensure!(
-                b.dims() == [rows],
-                "bias shape {:?} is not [{rows}]",
-                b.dims()
-            );
-        }
+        packing::check_bias(bias.as_ref(), rows)?;
         Ok(Self {
             rows,
             cols,
             codes,
             scales,
+            scale_cols,
             bias,
         })
     }
@@ -151,9 +169,13 @@ impl Fp8Linear {
     pub fn codes(&self) -> &[u8] {
         &self.codes
     }
-    /// One dequantization scale per row.
+    /// The dequantization scales: per row, one per run of [`Self::scale_cols`] columns.
     pub fn scales(&self) -> &[f32] {
         &self.scales
+    }
+    /// Columns each scale covers (`cols` for one scale per row).
+    pub fn scale_cols(&self) -> usize {
+        self.scale_cols
     }
 }
 
@@ -164,44 +186,22 @@ impl DecodeRows for Fp8Linear {
     #[inline(always)]
     fn decode_row(&self, n: usize, _codes: &mut [u8], out: &mut [f32]) {
         // Never NaN: `from_parts` rejects NaN codes.
-        let scale = self.scales[n];
-        for (o, &c) in out
-            .iter_mut()
-            .zip(&self.codes[n * self.cols..(n + 1) * self.cols])
+        let per_row = self.cols.div_ceil(self.scale_cols);
+        let row_scales = &self.scales[n * per_row..(n + 1) * per_row];
+        let codes = &self.codes[n * self.cols..(n + 1) * self.cols];
+        for ((o, c), &scale) in out
+            .chunks_mut(self.scale_cols)
+            .zip(codes.chunks(self.scale_cols))
+            .zip(row_scales)
         {
-            *o = e4m3_finite_to_f32(c) * scale;
+            for (o, &c) in o.iter_mut().zip(c) {
+                *o = e4m3_finite_to_f32(c) * scale;
+            }
         }
     }
 }
 
-impl QuantLinear for Fp8Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        packing::forward(self, x, self.bias.as_ref())
-    }
-    fn dequantize(&self) -> Result<Tensor> {
-        packing::dequantize(self)
-    }
-    fn size_in_bytes(&self) -> usize {
-        self.codes.len()
-            + self.scales.len() * 4
-            + self
-                .bias
-                .as_ref()
-                .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
-    }
-    fn storage_name(&self) -> String {
-        "FP8".to_string()
-    }
-    fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-    fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+packing::impl_decoded_linear!(Fp8Linear, |s| weight_bytes: s.codes.len() + s.scales.len() * 4, name: if s.scale_cols >= s.cols { "FP8".to_string() } else { format!("FP8 (scale per {} columns)", s.scale_cols) });
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,6 @@
 //! w = (q − zero)·scale.
 
 use super::packing::{self, Affine, DecodeRows};
-use super::QuantLinear;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use half::f16;
@@ -295,38 +294,12 @@ impl DecodeRows for HqqLinear {
     }
 }
 
-impl QuantLinear for HqqLinear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        packing::forward(self, x, self.bias.as_ref())
-    }
-    fn dequantize(&self) -> Result<Tensor> {
-        packing::dequantize(self)
-    }
-    fn size_in_bytes(&self) -> usize {
-        self.packed.len() * 4
-            + (self.scales.len() + self.zeros.len()) * 2
-            + self
-                .bias
-                .as_ref()
-                .map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
-    }
-    fn storage_name(&self) -> String {
-        format!("HQQ{}", self.bits)
-    }
-    fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
-    fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-}
+packing::impl_decoded_linear!(HqqLinear, |s| weight_bytes: s.packed.len() * 4 + (s.scales.len() + s.zeros.len()) * 2, name: format!("HQQ{}", s.bits));
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::QuantLinear;
 
     #[test]
     fn groups_run_down_the_flat_columns() {

@@ -196,6 +196,11 @@ pub fn check_parts(
             && b_len == a_len,
         "{method} parts do not match a {rows} × {cols} weight"
     );
+    check_bias(bias, rows)
+}
+
+/// A layer's bias, if any, must hold one value per output row.
+pub fn check_bias(bias: Option<&candle_core::Tensor>, rows: usize) -> Result<()> {
     if let Some(b) = bias {
         ensure!(
             b.dims() == [rows],
@@ -377,3 +382,43 @@ mod tests {
         assert_eq!(el, out);
     }
 }
+
+/// Bytes a layer's bias occupies.
+pub fn bias_bytes(bias: Option<&Tensor>) -> usize {
+    bias.map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
+}
+
+/// Implements [`QuantLinear`](crate::quant::QuantLinear) for a [`DecodeRows`] storage with
+/// a `bias: Option<Tensor>` field, through the shared row kernels above:
+/// `impl_decoded_linear!(Type, |s| weight_bytes: <expr>, name: <expr>)`.
+macro_rules! impl_decoded_linear {
+    ($ty:ty, |$s:ident| weight_bytes: $bytes:expr, name: $name:expr) => {
+        impl $crate::quant::QuantLinear for $ty {
+            fn forward(&self, x: &candle_core::Tensor) -> anyhow::Result<candle_core::Tensor> {
+                $crate::quant::packing::forward(self, x, self.bias.as_ref())
+            }
+            fn dequantize(&self) -> anyhow::Result<candle_core::Tensor> {
+                $crate::quant::packing::dequantize(self)
+            }
+            fn size_in_bytes(&self) -> usize {
+                let $s = self;
+                $bytes + $crate::quant::packing::bias_bytes(self.bias.as_ref())
+            }
+            #[allow(unused_variables)]
+            fn storage_name(&self) -> String {
+                let $s = self;
+                $name
+            }
+            fn shape(&self) -> (usize, usize) {
+                $crate::quant::packing::DecodeRows::dims(self)
+            }
+            fn bias(&self) -> Option<&candle_core::Tensor> {
+                self.bias.as_ref()
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+        }
+    };
+}
+pub(crate) use impl_decoded_linear;

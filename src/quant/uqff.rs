@@ -4,7 +4,8 @@
 //! 1 unquantized, 2 HQQ, 3 FP8, 4 AFQ), `<key>.weight` (ggml: the raw block bytes as u8;
 //! unquantized: the weight in its dtype; HQQ/AFQ: the packed u32 codes; FP8: E4M3 codes),
 //! `.weight.scales` / `.weight.zeros` (HQQ, f16), `.weight.scales` / `.weight.biases` (AFQ,
-//! f16), `.weight.scales` (FP8, f32 per row), `.weight.bits` and `.weight.group_size` (u32),
+//! f16), `.weight.scales` (FP8, f32 [rows, scales per row]) with `.weight.group_size` (columns
+//! per scale; absent: one per row), `.weight.bits` and `.weight.group_size` (u32),
 //! `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
 //! `<key>.bias` (f32) when the layer has one, and u32 scalars `uqff.version.major|minor|
 //! patch`. The header's `__metadata__` records the model's shape, checked on load so a
@@ -203,12 +204,15 @@ pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> 
                 vec![rows, cols],
                 f.codes().to_vec(),
             ));
+            let per_row = f.scales().len() / rows.max(1);
             tensors.push((
                 format!("{name}.weight.scales"),
                 Dtype::F32,
-                vec![rows],
+                vec![rows, per_row],
                 f32_bytes(f.scales()),
             ));
+            let (dt, sh, b) = scalar_u32(f.scale_cols() as u32);
+            tensors.push((format!("{name}.weight.group_size"), dt, sh, b));
         } else {
             bail!(
                 "UQFF cannot store {name}: its storage ({}) has no UQFF layout yet",
@@ -460,9 +464,25 @@ impl UqffSource {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                     .collect();
+                // Files without a group size hold one scale per row.
+                let key = format!("{name}.weight.group_size");
+                let scale_cols = match self.file.contains(&key) {
+                    true => match self.u32s(&key)?.as_slice() {
+                        [g] => *g as usize,
+                        _ => bail!("{} must be a u32 scalar", what(&key)),
+                    },
+                    false => cols,
+                };
                 Arc::new(
-                    super::fp8::Fp8Linear::from_parts(rows, cols, codes.to_vec(), scales, bias)
-                        .with_context(|| what(name))?,
+                    super::fp8::Fp8Linear::from_column_blocks(
+                        rows,
+                        cols,
+                        codes.to_vec(),
+                        scales,
+                        scale_cols,
+                        bias,
+                    )
+                    .with_context(|| what(name))?,
                 )
             }
             other => bail!(
