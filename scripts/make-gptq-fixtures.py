@@ -1,92 +1,125 @@
-"""A GPTQ-layout checkpoint of the tiny llama3 fixture, with act-order.
+"""GPTQ checkpoints of the tiny llama3 fixture, packed by AutoGPTQ itself.
 
-Packs round-to-nearest 4-bit codes of every attention/MLP linear into the GPTQ tensors as
-transformers/optimum/AutoGPTQ lay them out (documented in ../shared/FORMATS.md):
-`qweight` int32 [K/8, N] packed along the input dim (lowest k in the low bits), `qzeros`
-int32 [K/gs, N/8] packed along N and stored as zero − 1 (the classic v1 format),
-`scales` float16 [K/gs, N], `g_idx` int32 [K] — here a shuffled act-order assignment so
-groups are not contiguous. config.json gets `quantization_config: {quant_method: gptq,
-bits: 4, group_size: 32, desc_act: true, sym: false}`. The reference is the documented
-dequantization W[n, k] = scale[g(k), n] · (q[k, n] − (qzeros[g(k), n] + 1)) in f32,
-written as a plain checkpoint in tests/fixtures/tiny/llama3-gptq4-dequant/.
+Every attention/MLP linear is quantized round-to-nearest (per group min/max, or symmetric
+with zero 2^(bits−1) as AutoGPTQ's quantizer does) and the codes are packed by AutoGPTQ
+0.7.1's `QuantLinear.pack` (scripts/reference_packers.py fetches it from PyPI), which
+writes the tensors transformers/optimum load: `qweight` int32 [K·bits/32, N] (a bit
+stream along the input dim; 3-bit codes straddle words), `qzeros` int32
+[groups, N·bits/32] stored as zero − 1, `scales` float16 [groups, N], `g_idx` int32 [K].
+Act-order fixtures get a shuffled `g_idx`, so groups are not contiguous. AutoGPTQ packs
+zeros 32 outputs at a time, so the tiny model's 16-wide k/v layers stay dense.
+The reference is AutoGPTQ's own dequantization (its torch forward, used without the CUDA
+extension, applied to the identity), written as a plain f32 checkpoint beside each
+fixture (`-dequant`).
 
-Usage: python scripts/make-gptq-fixtures.py   (numpy + safetensors; the test fixtures)
-       python scripts/make-gptq-fixtures.py SRC_DIR OUT_DIR [GROUP]
-         (any plain single-file llama checkpoint → a GPTQ-layout one, no reference copy)
+Fixtures (tests/fixtures/tiny/): llama3-gptq4 (4-bit, group 32, act-order, asymmetric),
+llama3-gptq3 (3-bit, one group per row, symmetric), llama3-gptq8 (8-bit, group 32,
+act-order, symmetric), llama3-gptq2 (2-bit, group 32, asymmetric).
+
+Usage: python scripts/make-gptq-fixtures.py    (torch + safetensors; the test fixtures)
+       python scripts/make-gptq-fixtures.py SRC_DIR OUT_DIR [GROUP [BITS]]
+         (any plain single-file checkpoint → an asymmetric GPTQ one, no reference copy)
 """
 import sys
 import json
 import shutil
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import load_file, save_file
+import torch
+from safetensors.torch import load_file, save_file
 
-root = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny"
-if len(sys.argv) > 2:
-    src, out_q, out_d = Path(sys.argv[1]), Path(sys.argv[2]), None
-    GS = int(sys.argv[3]) if len(sys.argv) > 3 else 64
-else:
-    src, out_q, out_d = root / "llama3", root / "llama3-gptq4", root / "llama3-gptq4-dequant"
-    GS = 32
-BITS, PF = 4, 8
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_packers import gptq_quant_linear  # noqa: E402
+
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-rng = np.random.RandomState(11)
+QuantLinear = gptq_quant_linear()
 
-weights = load_file(src / "model.safetensors")
-quant, dequant = {}, {}
-for name, w in weights.items():
-    base = name[: -len(".weight")] if name.endswith(".weight") else None
-    if not (base and base.split(".")[-1] in LINEARS):
-        quant[name] = w
-        dequant[name] = w
-        continue
-    n, k = w.shape  # (out, in); GPTQ works on W^T: (K, N)
-    groups = k // GS
-    g_idx = np.repeat(np.arange(groups), GS)
-    rng.shuffle(g_idx)  # act-order: each group's columns scattered over the row
-    q = np.zeros((k, n), np.uint32)
-    scales = np.zeros((groups, n), np.float16)
-    zeros = np.zeros((groups, n), np.uint32)
+
+def rtn(w, g_idx, groups, bits, sym):
+    """Per-group scales and zeros [N, groups] (scales f16-exact) and the quantized weight."""
+    maxq = 2**bits - 1
+    n, _ = w.shape
+    scales = torch.zeros(n, groups)
+    zeros = torch.zeros(n, groups)
+    w_hat = torch.zeros_like(w)
     for g in range(groups):
-        cols = np.where(g_idx == g)[0]
-        block = w[:, cols].T  # (GS, N)
-        lo, hi = block.min(0), block.max(0)
-        s = np.maximum(hi - lo, 1e-8) / 15.0
-        # z ≥ 1: the v1 format stores z − 1, and z = 0 would wrap (AutoGPTQ's known quirk).
-        z = np.clip(np.round(-lo / s), 1, 15)
-        scales[g] = s.astype(np.float16)
-        s16 = scales[g].astype(np.float32)
-        zeros[g] = z.astype(np.uint32)
-        q[cols] = np.clip(np.round(block / s16 + z), 0, 15).astype(np.uint32)
-    qweight = np.zeros((k // PF, n), np.uint32)
-    for j in range(PF):
-        qweight |= q[j::PF] << (BITS * j)
-    stored = zeros - 1  # v1: zero − 1
-    qzeros = np.zeros((groups, n // PF), np.uint32)
-    for j in range(PF):
-        qzeros |= stored[:, j::PF] << (BITS * j)
-    quant[base + ".qweight"] = qweight.view(np.int32)
-    quant[base + ".qzeros"] = qzeros.view(np.int32)
-    quant[base + ".scales"] = scales
-    quant[base + ".g_idx"] = g_idx.astype(np.int32)
-    deq = scales.astype(np.float32)[g_idx] * (q.astype(np.float32) - (stored[g_idx] + 1).astype(np.float32))
-    dequant[name] = deq.T.copy()  # back to (out, in)
+        cols = (g_idx == g).nonzero().flatten()
+        blk = w[:, cols]
+        lo = blk.min(1).values.clamp(max=0)
+        hi = blk.max(1).values.clamp(min=0)
+        if sym:
+            amax = torch.maximum(-lo, hi)
+            s = (2 * amax / maxq).clamp(min=1e-8)
+            z = torch.full_like(s, (maxq + 1) / 2)
+        else:
+            s = ((hi - lo) / maxq).clamp(min=1e-8)
+            # z ≥ 1: the v1 format stores z − 1 and z = 0 would wrap.
+            z = torch.round(-lo / s).clamp(1, maxq)
+        s = s.half().float()
+        q = torch.clamp(torch.round(blk / s[:, None]) + z[:, None], 0, maxq)
+        w_hat[:, cols] = s[:, None] * (q - z[:, None])
+        scales[:, g], zeros[:, g] = s, z
+    return scales, zeros, w_hat
 
-for d in (out_q, out_d):
-    if d is None:
-        continue
-    d.mkdir(parents=True, exist_ok=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if (src / f).exists():
-            shutil.copy(src / f, d / f)
-cfg = json.loads((src / "config.json").read_text())
-if out_d is not None:
-    (out_d / "config.json").write_text(json.dumps(cfg, indent=1))
-cfg["quantization_config"] = {"quant_method": "gptq", "bits": BITS, "group_size": GS,
-                              "desc_act": True, "sym": False}
-(out_q / "config.json").write_text(json.dumps(cfg, indent=1))
-save_file({k: np.ascontiguousarray(v) for k, v in quant.items()}, out_q / "model.safetensors")
-if out_d is not None:
-    save_file({k: np.ascontiguousarray(v) for k, v in dequant.items()}, out_d / "model.safetensors")
-print("wrote", out_q, out_d)
+
+def convert(src, out_q, out_d, bits, group, act_order, sym, seed=11):
+    gen = torch.Generator().manual_seed(seed)
+    weights = load_file(src / "model.safetensors")
+    quant, dequant = {}, {}
+    for name, w in weights.items():
+        base = name[: -len(".weight")] if name.endswith(".weight") else None
+        # AutoGPTQ packs zeros 32 outputs at a time: narrower layers stay dense.
+        if not (base and base.split(".")[-1] in LINEARS) or w.shape[0] % 32:
+            quant[name] = w
+            dequant[name] = w.float()
+            continue
+        w = w.float()
+        n, k = w.shape
+        gs = k if group == -1 else group
+        groups = k // gs
+        g_idx = torch.arange(k) // gs
+        if act_order:
+            g_idx = g_idx[torch.randperm(k, generator=gen)]
+        scales, zeros, w_hat = rtn(w, g_idx, groups, bits, sym)
+        lin = torch.nn.Linear(k, n, bias=False)
+        lin.weight.data = w_hat
+        ql = QuantLinear(bits, gs, k, n, False)
+        ql.pack(lin, scales, zeros, g_idx.int())
+        quant[base + ".qweight"] = ql.qweight.contiguous()
+        quant[base + ".qzeros"] = ql.qzeros.contiguous()
+        quant[base + ".scales"] = ql.scales.half().contiguous()
+        quant[base + ".g_idx"] = ql.g_idx.int().contiguous()
+        if out_d is not None:
+            with torch.no_grad():
+                dequant[name] = ql(torch.eye(k)).T.contiguous()
+    for d in (out_q, out_d):
+        if d is None:
+            continue
+        d.mkdir(parents=True, exist_ok=True)
+        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            if (src / f).exists():
+                shutil.copy(src / f, d / f)
+    cfg = json.loads((src / "config.json").read_text())
+    if out_d is not None:
+        (out_d / "config.json").write_text(json.dumps(cfg, indent=1))
+        save_file(dequant, out_d / "model.safetensors")
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": group,
+                                  "desc_act": act_order, "sym": sym}
+    (out_q / "config.json").write_text(json.dumps(cfg, indent=1))
+    save_file(quant, out_q / "model.safetensors")
+    print("wrote", out_q, out_d or "")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        group = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+        bits = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+        convert(Path(sys.argv[1]), Path(sys.argv[2]), None, bits, group, False, False)
+    else:
+        root = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny"
+        for name, bits, group, act, sym in (("gptq4", 4, 32, True, False),
+                                            ("gptq3", 3, -1, False, True),
+                                            ("gptq8", 8, 32, True, True),
+                                            ("gptq2", 2, 32, False, False)):
+            convert(root / "llama3", root / f"llama3-{name}", root / f"llama3-{name}-dequant",
+                    bits, group, act, sym)

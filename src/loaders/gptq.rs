@@ -1,7 +1,8 @@
 //! GPTQ checkpoints (`quantization_config.quant_method: gptq`): per layer `qweight` i32
-//! `[K/pf, N]` packed along the input dim K (pf = 32/bits, lowest k in the low bits),
-//! `qzeros` i32 `[K/gs, N/pf]` packed along N (stored as zero − 1 in the classic v1
-//! format), `scales` f16 `[K/gs, N]`, `g_idx` i32 `[K]` (the group of each input column,
+//! `[K·bits/32, N]`, each column a little-endian bit stream along the input dim K (code k
+//! at bit bits·k, so 3-bit codes straddle words as AutoGPTQ packs them), `qzeros` i32
+//! `[K/gs, N·bits/32]`, each row a bit stream along N (stored as zero − 1 in the classic
+//! v1 format), `scales` f16 `[K/gs, N]`, `g_idx` i32 `[K]` (the group of each input column,
 //! not monotonic under act-order). W[n, k] = s[g(k), n] · (q[k, n] − zero[g(k), n]).
 //!
 //! Each layer becomes the shared affine storage (AFQ: per output row, per group of input
@@ -32,8 +33,8 @@ impl GptqQuant {
             .get("bits")
             .and_then(|v| v.as_u64())
             .context("GPTQ config has no `bits`")? as u32;
-        if ![2, 4, 8].contains(&bits) {
-            bail!("GPTQ with {bits} bits is not supported (2, 4 or 8)");
+        if ![2, 3, 4, 8].contains(&bits) {
+            bail!("GPTQ with {bits} bits is not supported (2, 3, 4 or 8)");
         }
         let group_size = match q.get("group_size").and_then(|v| v.as_i64()) {
             Some(-1) | None => None,
@@ -94,12 +95,17 @@ pub fn layer(
         return Ok(None);
     }
     let what = |t: &str| format!("GPTQ tensor {name}.{t}");
-    let (bits, pf) = (q.bits, 32 / q.bits as usize);
-    let mask = (1u32 << bits) - 1;
+    let bits = q.bits as usize;
     let (qshape, qweight) =
         i32s(files, &format!("{name}.qweight")).with_context(|| what("qweight"))?;
     ensure!(qshape.len() == 2, "{} must be 2-D", what("qweight"));
-    let (k, n) = (qshape[0] * pf, qshape[1]);
+    ensure!(
+        (qshape[0] * 32).is_multiple_of(bits),
+        "{} has {} words per column, which do not hold whole {bits}-bit codes",
+        what("qweight"),
+        qshape[0]
+    );
+    let (k, n) = (qshape[0] * 32 / bits, qshape[1]);
     let gs = q.group_size.unwrap_or(k);
     ensure!(
         k % gs == 0,
@@ -110,11 +116,11 @@ pub fn layer(
     let scales = group_scales(files, name, groups, n)?;
     let (zshape, qzeros) =
         i32s(files, &format!("{name}.qzeros")).with_context(|| what("qzeros"))?;
+    let zwords = (n * bits).div_ceil(32);
     ensure!(
-        zshape == [groups, n.div_ceil(pf)],
-        "{} has shape {zshape:?}, expected [{groups}, {}]",
-        what("qzeros"),
-        n.div_ceil(pf)
+        zshape == [groups, zwords],
+        "{} has shape {zshape:?}, expected [{groups}, {zwords}]",
+        what("qzeros")
     );
     let g_idx: Vec<usize> = if files.contains(&format!("{name}.g_idx")) {
         let (_, g) = i32s(files, &format!("{name}.g_idx")).with_context(|| what("g_idx"))?;
@@ -139,17 +145,16 @@ pub fn layer(
             g_idx[c as usize]
         );
     }
-    let code =
-        |kk: usize, nn: usize| (qweight[(kk / pf) * n + nn] >> (bits as usize * (kk % pf))) & mask;
+    let code = |kk: usize, nn: usize| stream_code(|w| qweight[w * n + nn], bits * kk, bits);
     let zero = |g: usize, nn: usize| {
-        ((qzeros[g * zshape[1] + nn / pf] >> (bits as usize * (nn % pf))) & mask) + q.zero_offset
+        stream_code(|w| qzeros[g * zwords + w], bits * nn, bits) + q.zero_offset
     };
     affine_layer(
         &format!("GPTQ layer {name}"),
         IntCodes {
             rows: n,
             cols: k,
-            bits,
+            bits: q.bits,
             group: gs,
             scales: &scales,
         },
@@ -159,6 +164,17 @@ pub fn layer(
         bias,
     )
     .map(Some)
+}
+
+/// The `bits`-wide code at bit offset `bit` of a little-endian stream of u32 words
+/// (`word(i)` is the i-th); a code may straddle two words.
+fn stream_code(word: impl Fn(usize) -> u32, bit: usize, bits: usize) -> u32 {
+    let (w, off) = (bit / 32, bit % 32);
+    let mut v = word(w) >> off;
+    if off + bits > 32 {
+        v |= word(w + 1) << (32 - off);
+    }
+    v & ((1u32 << bits) - 1)
 }
 
 /// The shape of an integer-coded layer: `rows` outputs × `cols` inputs, codes of `bits`,

@@ -1,12 +1,16 @@
 //! Turning files on disk into a model, a tokenizer and a chat template.
 
 pub mod awq;
+pub mod bnb;
+pub mod fp8;
 pub mod gguf;
 pub mod gguf_file;
 pub mod gguf_tokenizer;
 pub mod gptq;
 pub mod hub;
+pub mod mlx;
 pub mod plain;
+pub mod prequantized;
 pub mod safetensors_file;
 
 use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};

@@ -1,10 +1,10 @@
 //! Hugging Face checkpoints: safetensors (single or sharded) + config.json + tokenizer.json.
 
 use super::hub::ModelFiles;
+use super::prequantized::Prequantized;
 use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::afq::AfqLinear;
 use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -24,35 +24,10 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     let cfg = ModelConfig::from_hf_json(&config_text)
         .with_context(|| format!("reading {}", config_path.display()))?;
     let config_json: serde_json::Value = serde_json::from_str(&config_text)?;
-    let gptq = gptq_quantization(&config_json)
+    let prequantized = Prequantized::from_config(&config_json)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let awq = awq_quantization(&config_json)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let mlx = match (gptq, awq) {
-        (None, None) => mlx_quantization(&config_json)
-            .with_context(|| format!("reading {}", config_path.display()))?,
-        _ => None,
-    };
-    if let Some(a) = &awq {
-        tracing::info!(
-            "AWQ checkpoint: 4-bit GEMM layout, group size {}",
-            a.group_size
-        );
-    }
-    if let Some(g) = &gptq {
-        tracing::info!(
-            "GPTQ checkpoint: {}-bit, group size {}",
-            g.bits,
-            g.group_size
-                .map_or("whole row".to_string(), |s| s.to_string())
-        );
-    }
-    if let Some(q) = &mlx {
-        tracing::info!(
-            "MLX checkpoint: {}-bit affine layers, group size {}",
-            q.bits,
-            q.group_size
-        );
+    if let Some(p) = &prequantized {
+        tracing::info!("{}", p.describe());
     }
     let weights = safetensor_paths(&files)?;
     let tensors = SafetensorsFiles::open(&weights)?;
@@ -63,9 +38,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         opts: opts.clone(),
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
-        mlx,
-        gptq,
-        awq,
+        prequantized,
     };
     super::finish_load(cfg, Arc::new(src), assets, model_id.to_string(), opts)
 }
@@ -162,64 +135,6 @@ fn collect_ids(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
     }
 }
 
-/// An MLX checkpoint's quantization (config.json `quantization`, or
-/// `quantization_config` without another `quant_method`).
-#[derive(Debug, Clone, Copy)]
-struct MlxQuant {
-    bits: u32,
-    group_size: usize,
-}
-
-/// GPTQ settings from config.json's `quantization_config`, if that is what it holds.
-fn gptq_quantization(cfg: &serde_json::Value) -> Result<Option<super::gptq::GptqQuant>> {
-    let Some(q) = cfg.get("quantization_config") else {
-        return Ok(None);
-    };
-    if q.get("quant_method").and_then(|m| m.as_str()) != Some("gptq") {
-        return Ok(None);
-    }
-    Ok(Some(super::gptq::GptqQuant::from_config(q)?))
-}
-
-/// AWQ settings from config.json's `quantization_config`, if that is what it holds.
-fn awq_quantization(cfg: &serde_json::Value) -> Result<Option<super::awq::AwqQuant>> {
-    let Some(q) = cfg.get("quantization_config") else {
-        return Ok(None);
-    };
-    if q.get("quant_method").and_then(|m| m.as_str()) != Some("awq") {
-        return Ok(None);
-    }
-    Ok(Some(super::awq::AwqQuant::from_config(q)?))
-}
-
-/// Reads the prequantized-checkpoint settings of config.json. Formats smelt does not load
-/// yet are refused here rather than read as garbage.
-fn mlx_quantization(cfg: &serde_json::Value) -> Result<Option<MlxQuant>> {
-    let Some(q) = cfg
-        .get("quantization")
-        .or_else(|| cfg.get("quantization_config"))
-    else {
-        return Ok(None);
-    };
-    match q.get("quant_method").and_then(|m| m.as_str()) {
-        None | Some("mlx") | Some("affine") => {}
-        Some(other) => bail!(
-            "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights yet (supported: MLX affine, GPTQ, AWQ)"
-        ),
-    }
-    let field = |k: &str| q.get(k).and_then(|v| v.as_u64());
-    let bits = field("bits").context("the MLX `quantization` entry has no `bits`")? as u32;
-    let group_size =
-        field("group_size").context("the MLX `quantization` entry has no `group_size`")? as usize;
-    if ![2, 3, 4, 6, 8].contains(&bits) {
-        bail!("MLX quantization with {bits} bits is not supported (2, 3, 4, 6 or 8)");
-    }
-    if ![32, 64, 128].contains(&group_size) {
-        bail!("MLX group size {group_size} is not supported (32, 64 or 128)");
-    }
-    Ok(Some(MlxQuant { bits, group_size }))
-}
-
 /// Weights from memory-mapped safetensors, read one tensor at a time.
 struct SafetensorsSource {
     tensors: SafetensorsFiles,
@@ -228,12 +143,8 @@ struct SafetensorsSource {
     device: Device,
     /// The embedding, kept so a tied output head shares its storage.
     embed_cache: Mutex<Option<Tensor>>,
-    /// Set for MLX checkpoints: layers with `.scales` are affine-quantized.
-    mlx: Option<MlxQuant>,
-    /// Set for GPTQ checkpoints: layers with `.qweight` are GPTQ-packed.
-    gptq: Option<super::gptq::GptqQuant>,
-    /// Set for AWQ checkpoints: layers with `.qweight` are AWQ-packed.
-    awq: Option<super::awq::AwqQuant>,
+    /// Set for prequantized checkpoints (GPTQ, AWQ, MLX, bitsandbytes, FP8).
+    prequantized: Option<Prequantized>,
 }
 
 impl SafetensorsSource {
@@ -241,50 +152,16 @@ impl SafetensorsSource {
         let t = self.tensors.load(name)?;
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
-    /// An MLX affine layer `name` (`.weight` u32 codes, `.scales`, `.biases`), if this is
-    /// an MLX checkpoint and the layer is quantized.
-    fn mlx_layer(&self, name: &str, bias: Option<Tensor>) -> Result<Option<AfqLinear>> {
-        let Some(q) = self.mlx else {
-            return Ok(None);
-        };
-        if !self.tensors.contains(&format!("{name}.scales")) {
-            return Ok(None);
+    /// Layer `name` as the prequantized checkpoint stores it, if it is quantized there.
+    fn prequantized_layer(
+        &self,
+        name: &str,
+        bias: Option<Tensor>,
+    ) -> Result<Option<Arc<dyn QuantLinear>>> {
+        match &self.prequantized {
+            Some(p) => p.layer(&self.tensors, name, bias),
+            None => Ok(None),
         }
-        let (dt, shape, bytes) = self.tensors.raw(&format!("{name}.weight"))?;
-        if dt != safetensors::Dtype::U32 || shape.len() != 2 {
-            bail!(
-                "{name}.weight of an MLX layer must be a 2-D uint32 tensor, got {dt:?} {shape:?}"
-            );
-        }
-        let (rows, cols) = (shape[0], shape[1] * 32 / q.bits as usize);
-        let words: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let half = |suffix: &str| -> Result<Vec<half::f16>> {
-            let t = self.tensors.load(&format!("{name}.{suffix}"))?;
-            if t.dims() != [rows, cols / q.group_size] {
-                bail!(
-                    "{name}.{suffix} has shape {:?}; {rows}×{cols} with groups of {} needs [{rows}, {}]",
-                    t.dims(),
-                    q.group_size,
-                    cols / q.group_size
-                );
-            }
-            Ok(t.to_dtype(DType::F16)?.flatten_all()?.to_vec1()?)
-        };
-        let layer = AfqLinear::from_parts(
-            rows,
-            cols,
-            q.bits,
-            q.group_size,
-            words,
-            half("scales")?,
-            half("biases")?,
-            bias,
-        )
-        .with_context(|| format!("MLX layer {name}"))?;
-        Ok(Some(layer))
     }
 
     fn embed_tensor(&self, name: &str) -> Result<Tensor> {
@@ -292,8 +169,8 @@ impl SafetensorsSource {
         if let Some(t) = cache.as_ref() {
             return Ok(t.clone());
         }
-        // A quantized MLX embedding is expanded once; rows are looked up densely.
-        let t = match self.mlx_layer(name, None)? {
+        // A quantized embedding is expanded once; rows are looked up densely.
+        let t = match self.prequantized_layer(name, None)? {
             Some(q) => q.dequantize()?.to_dtype(self.dtype)?,
             None => self.load(&format!("{name}.weight"), self.dtype)?,
         };
@@ -327,14 +204,7 @@ impl WeightSource for SafetensorsSource {
             None
         };
         let wname = format!("{name}.weight");
-        let prequantized: Option<Arc<dyn QuantLinear>> = match (self.gptq, self.awq) {
-            (Some(q), _) => super::gptq::layer(&self.tensors, name, q, bias.clone())?,
-            (None, Some(q)) => super::awq::layer(&self.tensors, name, q, bias.clone())?,
-            (None, None) => self
-                .mlx_layer(name, bias.clone())?
-                .map(|l| Arc::new(l) as Arc<dyn QuantLinear>),
-        };
-        if let Some(layer) = prequantized {
+        if let Some(layer) = self.prequantized_layer(name, bias.clone())? {
             return match isq {
                 Some(ty) => self
                     .opts
@@ -364,10 +234,10 @@ impl WeightSource for SafetensorsSource {
     }
     fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
         if tied.is_none() {
-            if let Some(head) = self.mlx_layer(name, None)? {
+            if let Some(head) = self.prequantized_layer(name, None)? {
                 return match self.opts.head_isq() {
                     Some(ty) => isq::quantize_linear(&head.dequantize()?, None, ty),
-                    None => Ok(Arc::new(head)),
+                    None => Ok(head),
                 };
             }
         }

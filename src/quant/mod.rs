@@ -2,6 +2,7 @@
 //! new quantization method is one new file here and no model changes.
 
 pub mod afq;
+pub mod bnb;
 pub mod fp8;
 pub mod ggml;
 pub mod hqq;
@@ -22,6 +23,7 @@ use candle_core::{DType, Tensor};
 use std::sync::Arc;
 
 pub use afq::AfqLinear;
+pub use bnb::{Bnb4Linear, BnbInt8Linear};
 pub use fp8::Fp8Linear;
 pub use ggml::GgmlLinear;
 pub use hqq::HqqLinear;
