@@ -172,7 +172,7 @@ struct SamplingArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A Hugging Face checkpoint (safetensors + config.json + tokenizer.json).
+    /// A Hugging Face checkpoint (safetensors + config.json + tokenizer.json); prequantized GPTQ, AWQ, MLX, bitsandbytes and FP8 checkpoints are detected from config.json.
     Plain(PlainArgs),
     /// An MLX-quantized checkpoint (config.json `quantization: {bits, group_size}`); the
     /// same as `plain`, which detects it too.
