@@ -354,6 +354,7 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
         topology,
         imatrix,
         from_uqff: cli.from_uqff.clone(),
+        record_residual: cli.write_uqff.is_some(),
         organization: cli.isq_organization,
         ..Default::default()
     };
@@ -370,7 +371,7 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
     }
     let loaded = smelt::load(&spec, &opts)?;
     if let Some(path) = &cli.write_uqff {
-        smelt::quant::uqff::write(loaded.model.as_ref(), &loaded.name, path)?;
+        smelt::quant::uqff::write_loaded(&loaded, path)?;
     }
     let (load_s, isq_s) = (loaded.load_seconds, loaded.isq_seconds);
     Ok((Engine::new(loaded)?, load_s, isq_s))

@@ -1,6 +1,7 @@
 //! UQFF files: a model ISQ'd and saved with `--write-uqff` loads back with `--from-uqff`
-//! without quantizing and gives bit-identical logits; files from another model, of a
-//! newer format version, or truncated are clear errors.
+//! without quantizing and gives bit-identical logits, also from a directory holding only
+//! config.json and the tokenizer (embeddings and norms then come from the residual file);
+//! files from another model, of a newer format version, or truncated are clear errors.
 
 mod common;
 
@@ -45,11 +46,12 @@ fn uqff_round_trip_is_bit_identical_for_every_method() {
     ] {
         let opts = LoadOptions {
             isq: Some(ty),
+            record_residual: true,
             ..Default::default()
         };
         let isq = smelt::load(&spec, &opts).unwrap();
         let path = tmp(&format!("{ty}.uqff"));
-        smelt::quant::uqff::write(isq.model.as_ref(), &isq.name, &path).unwrap();
+        smelt::quant::uqff::write_loaded(&isq, &path).unwrap();
         let back = from_uqff(&spec, &path).unwrap();
         assert_eq!(back.isq_seconds, 0.0, "loading from UQFF must not quantize");
         assert_eq!(
@@ -65,7 +67,46 @@ fn uqff_round_trip_is_bit_identical_for_every_method() {
             isq.load_seconds, back.load_seconds
         );
         std::fs::remove_file(&path).ok();
+        std::fs::remove_file(smelt::quant::uqff_residual::residual_path(&path)).ok();
     }
+}
+
+/// With the residual file, a directory of config.json and tokenizer files is enough;
+/// a head quantized by the topology is stored among the layers.
+#[test]
+fn uqff_with_residual_needs_no_original_weights() {
+    let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
+    let topology = smelt::quant::Topology::parse("'/lm_head/': {isq: Q6K}\n").unwrap();
+    let opts = LoadOptions {
+        isq: Some(IsqType::Q4K),
+        topology: Some(topology),
+        record_residual: true,
+        ..Default::default()
+    };
+    let isq = smelt::load(&plain_spec(), &opts).unwrap();
+    let path = tmp("bare.uqff");
+    smelt::quant::uqff::write_loaded(&isq, &path).unwrap();
+    let residual = smelt::quant::uqff_residual::residual_path(&path);
+    let bare = tmp("bare-model");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(plain_snapshot().join(f), bare.join(f)).unwrap();
+    }
+    let spec = ModelSpec::Plain {
+        model_id: bare.to_string_lossy().into_owned(),
+        revision: "main".into(),
+    };
+    let back = from_uqff(&spec, &path).unwrap();
+    assert!(
+        logits(&back, &tokens) == logits(&isq, &tokens),
+        "logits differ"
+    );
+    // Without the residual, the bare directory is an error naming what is missing.
+    std::fs::remove_file(&residual).unwrap();
+    let e = format!("{:#}", from_uqff(&spec, &path).err().unwrap());
+    assert!(e.contains("model.safetensors"), "{e}");
+    std::fs::remove_dir_all(&bare).ok();
+    std::fs::remove_file(&path).ok();
 }
 
 #[test]
@@ -84,7 +125,7 @@ fn bad_uqff_files_are_clear_errors() {
     };
     let m = smelt::load(&tiny("llama3"), &opts).unwrap();
     let path = tmp("tiny.uqff");
-    smelt::quant::uqff::write(m.model.as_ref(), &m.name, &path).unwrap();
+    smelt::quant::uqff::write(m.model.as_ref(), &m.name, &path, None).unwrap();
     assert!(from_uqff(&tiny("llama3"), &path).is_ok());
 
     let msg = |r: anyhow::Result<smelt::loaders::LoadedModel>| {

@@ -45,6 +45,9 @@ pub struct LoadOptions {
     pub imatrix: Option<std::sync::Arc<crate::quant::imatrix::Imatrix>>,
     /// Take attention and MLP linears from this UQFF file instead of quantizing.
     pub from_uqff: Option<PathBuf>,
+    /// Keep what the model reads besides its linears, for a UQFF residual file
+    /// (`--write-uqff`).
+    pub record_residual: bool,
     /// Which linears `isq` applies to (moqe: MoE experts only); a topology rule still
     /// overrides it.
     pub organization: IsqOrganization,
@@ -107,6 +110,7 @@ impl Default for LoadOptions {
             topology: None,
             imatrix: None,
             from_uqff: None,
+            record_residual: false,
             organization: IsqOrganization::Default,
             device: Device::Cpu,
         }
@@ -131,6 +135,8 @@ pub struct LoadedModel {
     pub name: String,
     pub load_seconds: f64,
     pub isq_seconds: f64,
+    /// With `record_residual`: the embeddings, norms and head the model read.
+    pub residual: Option<std::sync::Arc<crate::quant::uqff_residual::Recorder>>,
 }
 
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -178,24 +184,35 @@ pub(crate) fn finish_load(
     if let Some(t) = &opts.topology {
         t.validate(cfg.num_hidden_layers)?;
     }
-    let src: std::sync::Arc<dyn WeightSource> = match &opts.from_uqff {
-        Some(path) => {
-            if opts.any_isq() {
-                anyhow::bail!(
-                    "--from-uqff loads layers already quantized; drop --isq / --topology"
-                );
-            }
-            let s = crate::quant::uqff::UqffSource::open(path, &cfg, src)?;
-            return Ok(LoadedModel {
-                model: build_model(cfg, std::sync::Arc::new(s), "loading from UQFF")?,
-                assets,
-                name,
-                load_seconds: 0.0,
-                isq_seconds: 0.0,
-            });
+    let residual = opts
+        .record_residual
+        .then(|| std::sync::Arc::new(crate::quant::uqff_residual::Recorder::default()));
+    // What the model reads is recorded above any UQFF source, so a UQFF-loaded model can
+    // be written out again.
+    let recorded = |src: std::sync::Arc<dyn WeightSource>| -> std::sync::Arc<dyn WeightSource> {
+        match &residual {
+            Some(rec) => std::sync::Arc::new(crate::quant::uqff_residual::RecordingSource::new(
+                src,
+                rec.clone(),
+            )),
+            None => src,
         }
-        None => src,
     };
+    if let Some(path) = &opts.from_uqff {
+        if opts.any_isq() {
+            anyhow::bail!("--from-uqff loads layers already quantized; drop --isq / --topology");
+        }
+        let s = crate::quant::uqff::UqffSource::open(path, &cfg, src)?;
+        return Ok(LoadedModel {
+            model: build_model(cfg, recorded(std::sync::Arc::new(s)), "loading from UQFF")?,
+            assets,
+            name,
+            load_seconds: 0.0,
+            isq_seconds: 0.0,
+            residual,
+        });
+    }
+    let src = recorded(src);
     if opts.organization == IsqOrganization::Moqe {
         anyhow::ensure!(
             cfg.moe.is_some(),
@@ -225,6 +242,7 @@ pub(crate) fn finish_load(
         name,
         load_seconds: 0.0,
         isq_seconds: 0.0,
+        residual,
     })
 }
 

@@ -29,7 +29,26 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
     if let Some(p) = &prequantized {
         tracing::info!("{}", p.describe());
     }
-    let weights = safetensor_paths(&files)?;
+    // A model directory holding only config and tokenizer loads from a UQFF file and
+    // its residual (embeddings, norms, head).
+    let weights = match safetensor_paths(&files) {
+        Ok(w) => w,
+        Err(e) => match opts
+            .from_uqff
+            .as_deref()
+            .map(crate::quant::uqff_residual::residual_path)
+            .filter(|r| r.exists())
+        {
+            Some(r) => {
+                tracing::info!(
+                    "{e:#}; reading embeddings and norms from the UQFF residual {}",
+                    r.display()
+                );
+                vec![r]
+            }
+            None => return Err(e),
+        },
+    };
     let tensors = SafetensorsFiles::open(&weights)?;
     let assets = load_tokenizer_assets(&files, &cfg)?;
     let src = SafetensorsSource {

@@ -16,6 +16,7 @@ pub mod permuted;
 pub mod topology;
 pub mod unquantized;
 pub mod uqff;
+pub mod uqff_residual;
 pub mod weighted;
 
 use anyhow::Result;

@@ -11,10 +11,12 @@
 //! patch`. The header's `__metadata__` records the model's shape, checked on load so a
 //! file from another model is refused.
 //!
-//! Unlike the peer's directory form there is no residual file: embeddings, norms and the
-//! head are read from the model's own files, which a load needs anyway for its config and
-//! tokenizer.
+//! The tensors a model reads besides these layers (embeddings, norms, an unquantized head)
+//! go to a residual safetensors file beside it (`uqff_residual.rs`); quantized embeddings
+//! and heads are layers of the main file. Unlike the peer's directory of shards, the
+//! layers are one file.
 
+use super::uqff_residual::{residual_path, Recorder};
 use super::{GgmlLinear, QuantLinear, UnquantLinear};
 use crate::loaders::gguf_file::{ggml_dtype_from_id, ggml_dtype_id};
 use crate::loaders::safetensors_file::SafetensorsFiles;
@@ -93,12 +95,32 @@ fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<u8>)> {
 }
 
 /// Writes every attention and MLP linear of `model` to `path`.
-pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> {
+/// Writes a loaded model: its layers to `path` and, when loading recorded them
+/// ([`crate::loaders::LoadOptions::record_residual`]), the residual tensors beside it.
+pub fn write_loaded(loaded: &crate::loaders::LoadedModel, path: &Path) -> Result<()> {
+    write(
+        loaded.model.as_ref(),
+        &loaded.name,
+        path,
+        loaded.residual.as_deref(),
+    )
+}
+
+/// Writes every attention and MLP linear of `model` to `path`, plus the quantized
+/// embeddings/heads of `residual`, whose dense tensors go to [`residual_path`]`(path)`.
+pub fn write(
+    model: &dyn CausalLm,
+    model_name: &str,
+    path: &Path,
+    residual: Option<&Recorder>,
+) -> Result<()> {
     let start = std::time::Instant::now();
     // (name, dtype, shape, bytes), kept until serialization.
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let scalar_u32 = |v: u32| (Dtype::U32, vec![1], v.to_le_bytes().to_vec());
-    for (name, lin) in model.named_linears() {
+    let mut layers = model.named_linears();
+    layers.extend(residual.map(|r| r.layers()).unwrap_or_default());
+    for (name, lin) in layers {
         let (rows, cols) = lin.shape();
         let shape_bytes: Vec<u8> = [rows as u32, cols as u32]
             .iter()
@@ -248,19 +270,20 @@ pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> 
         "writer".into(),
         format!("smelt {}", env!("CARGO_PKG_VERSION")),
     );
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, dt, sh, b)| {
-            TensorView::new(*dt, sh.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| anyhow::anyhow!("UQFF tensor {n}: {e:?}"))
-        })
-        .collect::<Result<_>>()?;
-    let tmp = path.with_extension("uqff.part");
-    safetensors::serialize_to_file(views, Some(meta), &tmp)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move the UQFF file into {}", path.display()))?;
+    if let Some(r) = residual {
+        let dense: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = r
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| {
+                let (dt, bytes) = tensor_bytes(&t)?;
+                Ok((n, dt, t.dims().to_vec(), bytes))
+            })
+            .collect::<Result<_>>()?;
+        let mut rmeta = meta.clone();
+        rmeta.insert("format".into(), "uqff-residual".into());
+        serialize_atomically(&dense, rmeta, &residual_path(path))?;
+    }
+    serialize_atomically(&tensors, meta, path)?;
     tracing::info!(
         "wrote UQFF {} ({:.1} MB) in {:.2}s",
         path.display(),
@@ -270,11 +293,37 @@ pub fn write(model: &dyn CausalLm, model_name: &str, path: &Path) -> Result<()> 
     Ok(())
 }
 
-/// A weight source whose attention and MLP linears come from a UQFF file; everything
+/// Serializes `tensors` to a temporary file renamed into `path`, so a failed write never
+/// leaves a half file under the final name.
+fn serialize_atomically(
+    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    meta: HashMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, sh, b)| {
+            TensorView::new(*dt, sh.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| anyhow::anyhow!("UQFF tensor {n}: {e:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    safetensors::serialize_to_file(views, Some(meta), &tmp)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move the UQFF file into {}", path.display()))
+}
+
+/// A weight source whose attention and MLP linears come from a UQFF file, and whose
+/// embeddings, norms and head come from its residual file when there is one; everything
 /// else (and re-quantization from the original weights) from the model's own files.
 pub struct UqffSource {
     inner: Arc<dyn WeightSource>,
     file: SafetensorsFiles,
+    residual: Option<SafetensorsFiles>,
     path: std::path::PathBuf,
 }
 
@@ -300,18 +349,17 @@ impl UqffSource {
                 VERSION.0
             );
         }
+        check_written_for(&file, path, cfg)?;
+        let rpath = residual_path(path);
+        let residual = if rpath.exists() {
+            let r = SafetensorsFiles::open(std::slice::from_ref(&rpath))
+                .with_context(|| format!("reading the UQFF residual {}", rpath.display()))?;
+            check_written_for(&r, &rpath, cfg)?;
+            Some(r)
+        } else {
+            None
+        };
         let meta = file.user_metadata().cloned().unwrap_or_default();
-        for (key, want) in shape_metadata(cfg) {
-            match meta.get(key) {
-                Some(got) if *got == want => {}
-                Some(got) => bail!(
-                    "{} was written for another model: its {key} is {got}, this model's is {want} (UQFF from {})",
-                    path.display(),
-                    meta.get("model").map_or("an unknown model", |s| s.as_str())
-                ),
-                None => bail!("{} lacks the `{key}` metadata", path.display()),
-            }
-        }
         tracing::info!(
             "loading quantized layers from UQFF {} (format {major}.{minor}, written for {})",
             path.display(),
@@ -320,8 +368,27 @@ impl UqffSource {
         Ok(Self {
             inner,
             file,
+            residual,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Whether the layers file holds module `name` (a linear, embedding or head).
+    fn has_layer(&self, name: &str) -> bool {
+        self.file.contains(&format!("{name}.weight.format"))
+    }
+
+    /// `{name}.weight` from the residual file, if it holds it.
+    fn residual_tensor(&self, name: &str) -> Result<Option<Tensor>> {
+        let key = format!("{name}.weight");
+        match &self.residual {
+            Some(r) if r.contains(&key) => Ok(Some(
+                r.load(&key)
+                    .with_context(|| format!("{key} in the UQFF residual"))?
+                    .to_device(self.inner.device())?,
+            )),
+            _ => Ok(None),
+        }
     }
 
     fn u32s(&self, name: &str) -> Result<Vec<u32>> {
@@ -493,12 +560,34 @@ impl UqffSource {
     }
 }
 
+/// Refuses a UQFF or residual file whose metadata describes another model shape.
+fn check_written_for(file: &SafetensorsFiles, path: &Path, cfg: &ModelConfig) -> Result<()> {
+    let meta = file.user_metadata().cloned().unwrap_or_default();
+    for (key, want) in shape_metadata(cfg) {
+        match meta.get(key) {
+            Some(got) if *got == want => {}
+            Some(got) => bail!(
+                "{} was written for another model: its {key} is {got}, this model's is {want} (UQFF from {})",
+                path.display(),
+                meta.get("model").map_or("an unknown model", |s| s.as_str())
+            ),
+            None => bail!("{} lacks the `{key}` metadata", path.display()),
+        }
+    }
+    Ok(())
+}
+
 impl WeightSource for UqffSource {
     fn device(&self) -> &Device {
         self.inner.device()
     }
     fn has(&self, name: &str) -> bool {
-        self.inner.has(name)
+        self.has_layer(name)
+            || self
+                .residual
+                .as_ref()
+                .is_some_and(|r| r.contains(&format!("{name}.weight")))
+            || self.inner.has(name)
     }
     fn linear(&self, name: &str, bias: bool) -> Result<Arc<dyn QuantLinear>> {
         self.layer(name, bias)
@@ -515,12 +604,46 @@ impl WeightSource for UqffSource {
         self.inner.re_isq_type(name, ty)
     }
     fn dense(&self, name: &str) -> Result<Tensor> {
-        self.inner.dense(name)
+        match self.residual_tensor(name)? {
+            Some(t) => Ok(t),
+            None => self.inner.dense(name),
+        }
     }
     fn embedding(&self, name: &str) -> Result<Embedding> {
-        self.inner.embedding(name)
+        if self.has_layer(name) {
+            return match self
+                .layer(name, false)?
+                .as_any()
+                .downcast_ref::<GgmlLinear>()
+            {
+                Some(g) => Ok(Embedding::Quantized(g.qtensor().clone())),
+                None => bail!(
+                    "{name} in UQFF {} must be stored in ggml blocks",
+                    self.path.display()
+                ),
+            };
+        }
+        match self.residual_tensor(name)? {
+            Some(t) => Ok(Embedding::Dense(t)),
+            None => self.inner.embedding(name),
+        }
     }
     fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
-        self.inner.lm_head(name, tied)
+        if self.has_layer(name) {
+            return self.layer(name, false);
+        }
+        // A head that is the tied embedding itself: built from it as the loaders do.
+        if let Some(embed) = tied {
+            if self.has_layer(embed) || self.residual_tensor(embed)?.is_some() {
+                return Ok(match self.embedding(embed)? {
+                    Embedding::Dense(t) => Arc::new(UnquantLinear::new(t, None)?),
+                    Embedding::Quantized(q) => Arc::new(GgmlLinear::new(q, None)?),
+                });
+            }
+        }
+        match self.residual_tensor(name)? {
+            Some(t) => Ok(Arc::new(UnquantLinear::new(t, None)?)),
+            None => self.inner.lm_head(name, tied),
+        }
     }
 }
