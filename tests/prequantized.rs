@@ -259,6 +259,42 @@ fn check_against_dequantized(fixture: &str, tol: f32) -> Vec<(String, usize)> {
             "{fixture} {name}: max error {err} (weights up to {scale})"
         );
     }
+    // Each layer's forward equals its own dequantized weight times x in f32, for one row
+    // (decode), a few (row kernels) and a long prompt (dequantize + GEMM).
+    for (name, l) in &ql {
+        let (rows, cols) = l.shape();
+        for m in [1usize, 5, 40] {
+            let xv: Vec<f32> = (0..m * cols)
+                .map(|i| ((i * 7919 % 257) as f32 / 128.0) - 1.0)
+                .collect();
+            let x = candle_core::Tensor::from_vec(xv.clone(), (m, cols), &candle_core::Device::Cpu)
+                .unwrap();
+            let y: Vec<f32> = l
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let w: Vec<f32> = l
+                .dequantize()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for t in 0..m {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|c| xv[t * cols + c] * w[r * cols + c]).sum();
+                    let got = y[t * rows + r];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{fixture} {name}: forward {got} vs dequantize·x {want} (m = {m})"
+                    );
+                }
+            }
+        }
+    }
     let (a, b) = (
         logits(&spec(fixture)),
         logits(&spec(&format!("{fixture}-dequant"))),
