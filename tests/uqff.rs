@@ -52,6 +52,13 @@ fn uqff_round_trip_is_bit_identical_for_every_method() {
         let isq = smelt::load(&spec, &opts).unwrap();
         let path = tmp(&format!("{ty}.uqff"));
         smelt::quant::uqff::write_loaded(&isq, &path).unwrap();
+        // The header names every method used (a GGUF's quantized embedding counts too).
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let methods = header.metadata().as_ref().unwrap()["methods"].clone();
+        for (k, _) in isq.model.linear_storage_summary() {
+            assert!(methods.contains(&format!("×{k}")), "{methods} lacks {k}");
+        }
         let back = from_uqff(&spec, &path).unwrap();
         assert_eq!(back.isq_seconds, 0.0, "loading from UQFF must not quantize");
         assert_eq!(

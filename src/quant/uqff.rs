@@ -9,7 +9,7 @@
 //! `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
 //! `<key>.bias` (f32) when the layer has one, and u32 scalars `uqff.version.major|minor|
 //! patch`. The header's `__metadata__` records the model's shape, checked on load so a
-//! file from another model is refused.
+//! file from another model is refused, and the methods used (`methods: "30×Q4K, …"`).
 //!
 //! The tensors a model reads besides these layers (embeddings, norms, an unquantized head)
 //! go to a residual safetensors file beside it (`uqff_residual.rs`); quantized embeddings
@@ -120,6 +120,12 @@ pub fn write(
     let scalar_u32 = |v: u32| (Dtype::U32, vec![1], v.to_le_bytes().to_vec());
     let mut layers = model.named_linears();
     layers.extend(residual.map(|r| r.layers()).unwrap_or_default());
+    // The header names the methods used, e.g. "30×Q4K, 180×Q5_0".
+    let mut methods = std::collections::BTreeMap::<String, usize>::new();
+    for (_, l) in &layers {
+        *methods.entry(l.storage_name()).or_default() += 1;
+    }
+    let methods: Vec<String> = methods.iter().map(|(k, n)| format!("{n}×{k}")).collect();
     for (name, lin) in layers {
         let (rows, cols) = lin.shape();
         let shape_bytes: Vec<u8> = [rows as u32, cols as u32]
@@ -266,6 +272,7 @@ pub fn write(
         .collect();
     meta.insert("format".into(), "uqff".into());
     meta.insert("model".into(), model_name.to_string());
+    meta.insert("methods".into(), methods.join(", "));
     meta.insert(
         "writer".into(),
         format!("smelt {}", env!("CARGO_PKG_VERSION")),
