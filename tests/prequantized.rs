@@ -191,6 +191,13 @@ fn missing_or_misshapen_tensors_are_named() {
         cfg["quantization"]["group_size"] = serde_json::json!(64)
     });
     assert_mentions(&err, &["scales", "shape"]);
+    // Layers whose shape disagrees with the config.
+    for fixture in ["llama3-gptq4", "llama3-bnb-int8", "llama3-fp8-block"] {
+        let err = load_error(fixture, |cfg, _| {
+            cfg["intermediate_size"] = serde_json::json!(96)
+        });
+        assert_mentions(&err, &["mlp", "96"]);
+    }
     // GPTQ qweight rows that do not hold whole 3-bit codes.
     let err = load_error("llama3-gptq4", |cfg, _| {
         cfg["quantization_config"]["bits"] = serde_json::json!(3)
