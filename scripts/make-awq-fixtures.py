@@ -15,8 +15,6 @@ Usage: python scripts/make-awq-fixtures.py    (torch + safetensors; the test fix
          (any plain single-file checkpoint → an AWQ one, no reference copy)
 """
 import sys
-import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_packers import awq_gemm  # noqa: E402
+from checkpoint_io import LINEARS, write_pair  # noqa: E402
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 WQLinear_GEMM, dequantize_gemm = awq_gemm()
 
 
@@ -63,22 +61,10 @@ def convert(src, out_q, out_d, gs):
         if out_d is not None:
             deq = dequantize_gemm(q.qweight, q.qzeros, q.scales.float(), 4, gs)
             dequant[name] = deq.T.contiguous()
-    for d in (out_q, out_d):
-        if d is None:
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-            if (src / f).exists():
-                shutil.copy(src / f, d / f)
-    cfg = json.loads((src / "config.json").read_text())
-    if out_d is not None:
-        (out_d / "config.json").write_text(json.dumps(cfg, indent=1))
-        save_file(dequant, out_d / "model.safetensors")
-    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": gs,
-                                  "zero_point": True, "version": "gemm"}
-    (out_q / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_file(quant, out_q / "model.safetensors")
-    print("wrote", out_q, out_d or "")
+    write_pair(src, out_q, out_d, quant, dequant,
+               {"quant_method": "awq", "bits": 4, "group_size": gs, "zero_point": True,
+                "version": "gemm"},
+               lambda t, path, meta: save_file(t, path, metadata=meta))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,15 @@ Usage: python scripts/make-bnb-fp8-fixtures.py              (the test fixtures)
          reference copy)
 """
 import sys
-import json
-import shutil
 from pathlib import Path
 
 import torch
 import bitsandbytes.functional as F
 from safetensors.torch import load_file, save_file
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_io import LINEARS, write_pair  # noqa: E402
+
 E4M3_MAX = 448.0
 
 
@@ -107,21 +107,8 @@ def convert(src, out_q, out_d, method, blocksize, block):
         for k, v in parts.items():
             quant[f"{base}.{k}"] = v.contiguous()
         dequant[name] = deq.contiguous()
-    for d in (out_q, out_d):
-        if d is None:
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-            if (src / f).exists():
-                shutil.copy(src / f, d / f)
-    cfg = json.loads((src / "config.json").read_text())
-    if out_d is not None:
-        (out_d / "config.json").write_text(json.dumps(cfg, indent=1))
-        save_file(dequant, out_d / "model.safetensors")
-    cfg["quantization_config"] = config_for(method, block)
-    (out_q / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_file(quant, out_q / "model.safetensors")
-    print("wrote", out_q, out_d or "")
+    write_pair(src, out_q, out_d, quant, dequant, config_for(method, block),
+               lambda t, path, meta: save_file(t, path, metadata=meta))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ Usage: python scripts/make-mlx-fixtures.py                      (the test fixtur
          checkpoint; the dequantized reference is then skipped)
 """
 import sys
-import json
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_io import LINEARS, write_pair  # noqa: E402
+
 
 
 def convert(src, out_q, out_d, group, bits, overrides=None):
@@ -50,22 +50,10 @@ def convert(src, out_q, out_d, group, bits, overrides=None):
         else:
             quant[name] = w
             dequant[name] = w
-    for d in (out_q, out_d):
-        if d is None:
-            continue
-        d.mkdir(parents=True, exist_ok=True)
-        for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-            if (src / f).exists():
-                shutil.copy(src / f, d / f)
-    cfg = json.loads((src / "config.json").read_text())
-    if out_d is not None:
-        (out_d / "config.json").write_text(json.dumps(cfg, indent=1))
-    cfg["quantization"] = {"group_size": group, "bits": bits, **overrides}
-    (out_q / "config.json").write_text(json.dumps(cfg, indent=1))
-    save_file(quant, out_q / "model.safetensors", metadata={"format": "mlx"})
-    if out_d is not None:
-        save_file(dequant, out_d / "model.safetensors")
-    print("wrote", out_q, out_d)
+    write_pair(src, out_q, out_d, quant, dequant,
+               {"group_size": group, "bits": bits, **overrides},
+               lambda t, path, meta: save_file(t, path, metadata=meta),
+               key="quantization", metadata={"format": "mlx"})
 
 
 root = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny"
