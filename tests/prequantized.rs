@@ -6,6 +6,7 @@
 //!   scripts/make-gptq-fixtures.py) and AWQ (AutoAWQ's, scripts/make-awq-fixtures.py);
 //! - bitsandbytes NF4 (nested), FP4 and LLM.int8, and blockwise / per-tensor FP8
 //!   (bitsandbytes and torch's float8, scripts/make-bnb-fp8-fixtures.py).
+//!
 //! Formats smelt does not load, and malformed layers, are refused with clear errors.
 
 use smelt::loaders::{LoadOptions, ModelSpec};
@@ -202,7 +203,7 @@ fn missing_or_misshapen_tensors_are_named() {
     let err = load_error("llama3-gptq4", |cfg, _| {
         cfg["quantization_config"]["bits"] = serde_json::json!(3)
     });
-    assert_mentions(&err, &[&format!("{}", "qweight")]);
+    assert_mentions(&err, &["qweight"]);
     // A 4-bit weight whose byte count does not match its quant state's shape.
     let err = load_error("llama3-bnb-nf4", |_, t| {
         let w = t.get_mut(&format!("{down}.weight")).unwrap();

@@ -10,6 +10,15 @@ use smelt::loaders::{LoadOptions, ModelSpec};
 use smelt::quant::IsqType;
 use std::path::{Path, PathBuf};
 
+/// The tests here run one at a time: a load's ISQ seconds come from a process-wide
+/// counter, so a test quantizing beside another would make "UQFF loads without
+/// quantizing" fail spuriously.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("smelt-uqff-{}-{name}", std::process::id()))
 }
@@ -36,6 +45,7 @@ fn from_uqff(spec: &ModelSpec, path: &Path) -> anyhow::Result<smelt::loaders::Lo
 
 #[test]
 fn uqff_round_trip_is_bit_identical_for_every_method() {
+    let _serial = serial();
     let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
     for (spec, ty) in [
         (plain_spec(), IsqType::Q4K),
@@ -82,6 +92,7 @@ fn uqff_round_trip_is_bit_identical_for_every_method() {
 /// a head quantized by the topology is stored among the layers.
 #[test]
 fn uqff_with_residual_needs_no_original_weights() {
+    let _serial = serial();
     let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
     let topology = smelt::quant::Topology::parse("'/lm_head/': {isq: Q6K}\n").unwrap();
     let opts = LoadOptions {
@@ -118,6 +129,7 @@ fn uqff_with_residual_needs_no_original_weights() {
 
 #[test]
 fn bad_uqff_files_are_clear_errors() {
+    let _serial = serial();
     let tiny = |case: &str| ModelSpec::Plain {
         model_id: Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/tiny")

@@ -322,6 +322,46 @@ unsafe fn decode_row_avx2(w: &impl DecodeRows, n: usize, codes: &mut [u8], out: 
     w.decode_row(n, codes, out)
 }
 
+/// Bytes a layer's bias occupies.
+pub fn bias_bytes(bias: Option<&Tensor>) -> usize {
+    bias.map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
+}
+
+/// Implements [`QuantLinear`](crate::quant::QuantLinear) for a [`DecodeRows`] storage with
+/// a `bias: Option<Tensor>` field, through the shared row kernels above:
+/// `impl_decoded_linear!(Type, |s| weight_bytes: <expr>, name: <expr>)`.
+macro_rules! impl_decoded_linear {
+    ($ty:ty, |$s:ident| weight_bytes: $bytes:expr, name: $name:expr) => {
+        impl $crate::quant::QuantLinear for $ty {
+            fn forward(&self, x: &candle_core::Tensor) -> anyhow::Result<candle_core::Tensor> {
+                $crate::quant::packing::forward(self, x, self.bias.as_ref())
+            }
+            fn dequantize(&self) -> anyhow::Result<candle_core::Tensor> {
+                $crate::quant::packing::dequantize(self)
+            }
+            fn size_in_bytes(&self) -> usize {
+                let $s = self;
+                $bytes + $crate::quant::packing::bias_bytes(self.bias.as_ref())
+            }
+            #[allow(unused_variables)]
+            fn storage_name(&self) -> String {
+                let $s = self;
+                $name
+            }
+            fn shape(&self) -> (usize, usize) {
+                $crate::quant::packing::DecodeRows::dims(self)
+            }
+            fn bias(&self) -> Option<&candle_core::Tensor> {
+                self.bias.as_ref()
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+        }
+    };
+}
+pub(crate) use impl_decoded_linear;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,43 +422,3 @@ mod tests {
         assert_eq!(el, out);
     }
 }
-
-/// Bytes a layer's bias occupies.
-pub fn bias_bytes(bias: Option<&Tensor>) -> usize {
-    bias.map_or(0, |b| b.elem_count() * b.dtype().size_in_bytes())
-}
-
-/// Implements [`QuantLinear`](crate::quant::QuantLinear) for a [`DecodeRows`] storage with
-/// a `bias: Option<Tensor>` field, through the shared row kernels above:
-/// `impl_decoded_linear!(Type, |s| weight_bytes: <expr>, name: <expr>)`.
-macro_rules! impl_decoded_linear {
-    ($ty:ty, |$s:ident| weight_bytes: $bytes:expr, name: $name:expr) => {
-        impl $crate::quant::QuantLinear for $ty {
-            fn forward(&self, x: &candle_core::Tensor) -> anyhow::Result<candle_core::Tensor> {
-                $crate::quant::packing::forward(self, x, self.bias.as_ref())
-            }
-            fn dequantize(&self) -> anyhow::Result<candle_core::Tensor> {
-                $crate::quant::packing::dequantize(self)
-            }
-            fn size_in_bytes(&self) -> usize {
-                let $s = self;
-                $bytes + $crate::quant::packing::bias_bytes(self.bias.as_ref())
-            }
-            #[allow(unused_variables)]
-            fn storage_name(&self) -> String {
-                let $s = self;
-                $name
-            }
-            fn shape(&self) -> (usize, usize) {
-                $crate::quant::packing::DecodeRows::dims(self)
-            }
-            fn bias(&self) -> Option<&candle_core::Tensor> {
-                self.bias.as_ref()
-            }
-            fn as_any(&self) -> &dyn std::any::Any {
-                self
-            }
-        }
-    };
-}
-pub(crate) use impl_decoded_linear;
