@@ -1,7 +1,8 @@
 //! Our own CPU kernels for ggml block types: matrix × few-vectors products in the way
 //! ggml computes them (activations quantized to 8 bits per 32-block, integer dot products,
-//! one float multiply per block), with AVX2/FMA/F16C chosen at run time and a scalar
-//! fallback that is also the reference the SIMD path is tested against.
+//! one float multiply per block), with AVX2/FMA/F16C (x86-64) or NEON (aarch64, with
+//! `sdot` where the CPU has dotprod) chosen at run time and a scalar fallback that is also
+//! the reference the SIMD paths are tested against.
 //!
 //! candle's kernels for these types are scalar in a default build (its AVX code is
 //! compiled only under `target_feature = "avx2"`, and Q4_1/Q5_x have none), which made
@@ -10,6 +11,8 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod pool;
 mod scalar;
 
@@ -103,6 +106,11 @@ pub enum Isa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// NEON; `dotprod`: the Armv8.2 `sdot` instruction is there too.
+    #[cfg(target_arch = "aarch64")]
+    Neon {
+        dotprod: bool,
+    },
 }
 
 /// The best instruction set this CPU supports, detected once.
@@ -119,6 +127,15 @@ pub fn isa() -> Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::env::var_os("SMELT_FORCE_SCALAR").is_none()
+                && std::arch::is_aarch64_feature_detected!("neon")
+            {
+                let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+                return Isa::Neon { dotprod };
+            }
+        }
         Isa::Scalar
     })
 }
@@ -130,6 +147,9 @@ pub fn dot_row(isa: Isa, kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
         // SAFETY: `Isa::Avx2` is only returned when the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dot(kind, row, act) },
+        // SAFETY: `Isa::Neon` is only returned with NEON, and `dotprod` where detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon { dotprod } => unsafe { neon::dot(dotprod, kind, row, act) },
     }
 }
 
@@ -231,6 +251,8 @@ pub fn matmul_with(
     // once per four rows.
     #[cfg(target_arch = "x86_64")]
     let four = m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy();
+    #[cfg(target_arch = "aarch64")]
+    let four = m >= 4 && matches!(isa, Isa::Neon { .. }) && kind.is_legacy();
     rows_in_parallel_with(
         rows,
         m,
@@ -238,12 +260,22 @@ pub fn matmul_with(
         |_, n, outs| {
             let w = &weight[n * row_bytes..(n + 1) * row_bytes];
             let mut t = 0;
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             if four {
                 while t + 4 <= m {
                     let rows4 = [&acts[t][..], &acts[t + 1], &acts[t + 2], &acts[t + 3]];
                     // SAFETY: `Isa::Avx2` means AVX2, FMA and F16C are present.
+                    #[cfg(target_arch = "x86_64")]
                     let r = unsafe { avx2::dot4_legacy(kind, w, rows4) };
+                    // SAFETY: `four` is only set for `Isa::Neon` (NEON, and `sdot` where
+                    // `dotprod`).
+                    #[cfg(target_arch = "aarch64")]
+                    let r = match isa {
+                        Isa::Neon { dotprod } => unsafe {
+                            neon::dot4_legacy(dotprod, kind, w, rows4)
+                        },
+                        Isa::Scalar => unreachable!("`four` needs NEON"),
+                    };
                     outs[t..t + 4].copy_from_slice(&r);
                     t += 4;
                 }
@@ -317,6 +349,9 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: `Isa::Avx2` is only returned when the CPU has AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::dot_f32(a, b) },
+        // SAFETY: `Isa::Neon` is only returned when the CPU has NEON.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon { .. } => unsafe { neon::dot_f32(a, b) },
     }
 }
 
@@ -352,6 +387,17 @@ pub(crate) fn affine_row_dot(
             });
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: `affine_kernel` checked for NEON; the sizes were checked above.
+        unsafe {
+            return Some(match bits {
+                2 => neon::affine_dot::<2>(words, scales, biases, group, x, xsums),
+                4 => neon::affine_dot::<4>(words, scales, biases, group, x, xsums),
+                _ => neon::affine_dot::<8>(words, scales, biases, group, x, xsums),
+            });
+        }
+    }
     #[allow(unreachable_code)]
     None
 }
@@ -362,7 +408,11 @@ pub(crate) fn affine_kernel(bits: u32, group: usize) -> bool {
     {
         matches!(bits, 2 | 4 | 8) && group.is_multiple_of(16) && isa() == Isa::Avx2
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        matches!(bits, 2 | 4 | 8) && group.is_multiple_of(16) && isa() != Isa::Scalar
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (bits, group);
         false
@@ -418,6 +468,17 @@ pub fn matmul_dense(
             (Isa::Avx2, DenseWeight::F16(w)) => unsafe { avx2::dot_half::<_, false>(&w[r], xt) },
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, DenseWeight::BF16(w)) => unsafe { avx2::dot_half::<_, true>(&w[r], xt) },
+            // SAFETY (all three): NEON was detected.
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon { .. }, DenseWeight::F32(w)) => unsafe { neon::dot_f32(&w[r], xt) },
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon { .. }, DenseWeight::F16(w)) => unsafe {
+                neon::dot_half::<_, false>(&w[r], xt)
+            },
+            #[cfg(target_arch = "aarch64")]
+            (Isa::Neon { .. }, DenseWeight::BF16(w)) => unsafe {
+                neon::dot_half::<_, true>(&w[r], xt)
+            },
         }
     })
 }
