@@ -27,14 +27,8 @@ pub fn quantize_activations_scaled_per(x: &[f32], span: usize) -> Vec<Q8Act> {
             s.chunks_exact(BLOCK).map(move |b| (b, amax))
         })
         .map(|(b, amax)| {
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut qs = [0i8; BLOCK];
-            let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(b) {
-                *q = (v * id).round() as i8;
-                sum += *q as i32;
-            }
+            let (d, sum) = quantize_block(b, amax, &mut qs);
             Q8Act {
                 qs,
                 d,
@@ -43,4 +37,19 @@ pub fn quantize_activations_scaled_per(x: &[f32], span: usize) -> Vec<Q8Act> {
             }
         })
         .collect()
+}
+
+/// One 32-element block against the largest magnitude `amax` of its scale's span: the
+/// codes, and returns (d, Σ q). Every activation quantizer goes through here, so the
+/// per-row kernels and the prompt GEMM see the same codes.
+#[inline]
+pub(super) fn quantize_block(b: &[f32], amax: f32, qs: &mut [i8; BLOCK]) -> (f32, i32) {
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut sum = 0i32;
+    for (q, &v) in qs.iter_mut().zip(b) {
+        *q = (v * id).round() as i8;
+        sum += *q as i32;
+    }
+    (d, sum)
 }

@@ -10,6 +10,9 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod gemm;
 pub mod pool;
 mod scalar;
 
@@ -185,6 +188,39 @@ pub fn apply_to_rows_below(
         dims,
         x.device(),
     )?))
+}
+
+/// Whether prompt-sized products (from [`MAX_KERNEL_ROWS`] rows on) of this block type
+/// run through the integer GEMM ([`matmul_prompt`]) on this CPU. Where not, they take the
+/// dequantize-and-f32-GEMM path. `SMELT_F32_PROMPTS=1` forces the latter (comparisons).
+pub fn has_prompt_gemm(kind: BlockKind) -> bool {
+    static F32_PROMPTS: OnceLock<bool> = OnceLock::new();
+    let forced_off = *F32_PROMPTS.get_or_init(|| {
+        std::env::var("SMELT_F32_PROMPTS").is_ok_and(|v| !v.is_empty() && v != "0")
+    });
+    !forced_off && gemm::supported(kind) && gemm::fast_tile().is_some()
+}
+
+/// `out[t, n] = Σ_k x[t, k] · W[n, k]` for many activation rows (prompts): activations
+/// quantized to 8 bits per 32-block as in [`matmul`] (per 256 for K-quants under
+/// `--q8-activations`), integer products in register tiles of 16 weight rows × 8 tokens.
+/// Each row's result is independent of the other rows of the call. Call only where
+/// [`has_prompt_gemm`] says so.
+pub fn matmul_prompt(
+    kind: BlockKind,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    let tile = gemm::fast_tile().expect("has_prompt_gemm checked for a tile");
+    let span = if q8_activations() && !kind.is_legacy() {
+        256
+    } else {
+        BLOCK
+    };
+    gemm::matmul(tile, kind, weight, rows, cols, x, m, span)
 }
 
 /// `out[t, n] = Σ_k x[t, k] · W[n, k]` for `m` activation rows `x` (m × cols, f32) and a
