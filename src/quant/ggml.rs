@@ -36,6 +36,23 @@ impl GgmlLinear {
         self.qtensor.dtype()
     }
 
+    /// The weight as the prompt GEMM takes it, where this CPU and block type have one and
+    /// the blocks are in CPU memory.
+    pub fn prompt_weight(&self) -> Option<kernels::PromptWeight<'_>> {
+        let kind = kernels::BlockKind::from_ggml(self.qtensor.dtype())?;
+        if !kernels::has_prompt_gemm(kind) {
+            return None;
+        }
+        match self.qtensor.data().ok()? {
+            std::borrow::Cow::Borrowed(data) => Some(kernels::PromptWeight {
+                kind,
+                data,
+                rows: self.shape().0,
+            }),
+            std::borrow::Cow::Owned(_) => None,
+        }
+    }
+
     /// Prompt-sized products on the CPU through the integer GEMM, where this CPU and block
     /// type have it; None leaves the work to the other paths.
     fn forward_prompt_gemm(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {

@@ -109,7 +109,7 @@ pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize) -> Acts {
             };
             let row = &x[t * cols..(t + 1) * cols];
             for (s, chunk) in row.chunks_exact(span).enumerate() {
-                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let amax = act::amax(chunk);
                 for (j, b) in chunk.chunks_exact(BLOCK).enumerate() {
                     let blk = s * (span / BLOCK) + j;
                     let mut q = [0i8; BLOCK];
@@ -294,6 +294,14 @@ pub(super) fn fast_tile() -> Option<Tile> {
     None
 }
 
+/// One weight of a product: its block type, ggml blocks and rows.
+#[derive(Clone, Copy)]
+pub struct PromptWeight<'a> {
+    pub kind: BlockKind,
+    pub data: &'a [u8],
+    pub rows: usize,
+}
+
 /// `out[t · rows + n] = Σ_k x[t, k] · W[n, k]` through the integer tiles, the weight's
 /// 16-row panels split over the kernel pool; activations get one scale per `span`.
 #[allow(clippy::too_many_arguments)]
@@ -307,64 +315,114 @@ pub(super) fn matmul(
     m: usize,
     span: usize,
 ) -> Vec<f32> {
-    assert!(supported(kind), "{kind:?} has no integer GEMM");
-    assert!(cols.is_multiple_of(kind.block_elems()) && x.len() == m * cols);
-    let row_bytes = cols / kind.block_elems() * kind.block_bytes();
-    assert_eq!(weight.len(), rows * row_bytes);
-    let acts = quantize(x, m, cols, span);
-    let signed = kind == BlockKind::Q8_0;
-    let panels = rows.div_ceil(PANEL);
-    let mut out = vec![0f32; m * rows];
-    let shared = SharedOut(out.as_mut_ptr());
+    let w = PromptWeight {
+        kind,
+        data: weight,
+        rows,
+    };
+    matmul_many(tile, &[w], cols, x, m, |_| span)
+        .pop()
+        .expect("one weight in, one out")
+}
+
+/// [`matmul`] for several weights over the same input (q/k/v, gate/up): the input is
+/// quantized once per span, and the panels of all weights share one parallel run.
+pub(super) fn matmul_many(
+    tile: Tile,
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    span: impl Fn(BlockKind) -> usize,
+) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * cols);
+    let mut acts: Vec<(usize, Acts)> = Vec::new();
+    let mut jobs = Vec::new(); // (weight, row bytes, acts index, panels)
+    for (i, w) in weights.iter().enumerate() {
+        assert!(supported(w.kind), "{:?} has no integer GEMM", w.kind);
+        assert!(cols.is_multiple_of(w.kind.block_elems()));
+        let row_bytes = cols / w.kind.block_elems() * w.kind.block_bytes();
+        assert_eq!(w.data.len(), w.rows * row_bytes);
+        let sp = span(w.kind);
+        let a = match acts.iter().position(|(s, _)| *s == sp) {
+            Some(a) => a,
+            None => {
+                acts.push((sp, quantize(x, m, cols, sp)));
+                acts.len() - 1
+            }
+        };
+        jobs.push((i, row_bytes, a, w.rows.div_ceil(PANEL)));
+    }
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let shared: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+    // Panel p of the whole run: weight j's panels follow weight j − 1's.
+    let total: usize = jobs.iter().map(|j| j.3).sum();
+    let nb = cols / BLOCK;
     pool::global().run(&|index, threads| {
-        let per = panels.div_ceil(threads);
-        let range = index * per..((index + 1) * per).min(panels);
+        let per = total.div_ceil(threads);
+        let range = index * per..((index + 1) * per).min(total);
         if range.is_empty() {
             return;
         }
-        let mut panel = vec![PanelBlock::ZERO; acts.nb];
-        for p in range {
-            let n0 = p * PANEL;
-            let valid = PANEL.min(rows - n0);
-            repack(kind, weight, row_bytes, n0, valid, &mut panel);
-            let mut t0 = 0;
-            while t0 < m {
-                let tn = TILE.min(m - t0);
-                match tile {
-                    Tile::Scalar => {
-                        for (t, acc) in tile_scalar(&panel, &acts, signed, t0, tn)
-                            .iter()
-                            .enumerate()
-                        {
-                            for (r, &v) in acc.iter().enumerate().take(valid) {
-                                // SAFETY: (t0 + t, n0 + r) is in bounds and this
-                                // thread's panel alone writes it.
-                                unsafe { *shared.at((t0 + t) * rows + n0 + r) = v };
-                            }
-                        }
-                    }
-                    // SAFETY: `Tile::Vnni` is only chosen when the CPU has AVX-512
-                    // F/BW/VNNI; the tile writes rows n0..n0+valid of tokens t0..t0+tn.
-                    #[cfg(target_arch = "x86_64")]
-                    Tile::Vnni => unsafe {
-                        super::avx512::tile(
-                            &panel,
-                            &acts,
-                            signed,
-                            t0,
-                            tn,
-                            shared.at(0),
-                            rows,
-                            n0,
-                            valid,
-                        )
-                    },
-                }
-                t0 += tn;
+        let mut panel = vec![PanelBlock::ZERO; nb];
+        let mut first = 0;
+        for &(i, row_bytes, a, panels) in &jobs {
+            // This thread's panels of weight i, numbered within the weight.
+            let mine = range.start.max(first)..range.end.min(first + panels);
+            let base = first;
+            first += panels;
+            if mine.is_empty() {
+                continue;
+            }
+            let (w, acts, out) = (&weights[i], &acts[a].1, &shared[i]);
+            let signed = w.kind == BlockKind::Q8_0;
+            for p in mine.start - base..mine.end - base {
+                let n0 = p * PANEL;
+                let valid = PANEL.min(w.rows - n0);
+                repack(w.kind, w.data, row_bytes, n0, valid, &mut panel);
+                // SAFETY: rows n0..n0+valid of every token belong to this thread alone.
+                unsafe { run_panel(tile, &panel, acts, signed, out, w.rows, n0, valid, m) };
             }
         }
     });
-    out
+    outs
+}
+
+/// Every token of the call against one unpacked panel.
+///
+/// # Safety
+/// `out` holds m · rows floats and no other thread writes rows n0..n0+valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_panel(
+    tile: Tile,
+    panel: &[PanelBlock],
+    acts: &Acts,
+    signed: bool,
+    out: &SharedOut,
+    rows: usize,
+    n0: usize,
+    valid: usize,
+    m: usize,
+) {
+    let mut t0 = 0;
+    while t0 < m {
+        let tn = TILE.min(m - t0);
+        match tile {
+            Tile::Scalar => {
+                for (t, acc) in tile_scalar(panel, acts, signed, t0, tn).iter().enumerate() {
+                    for (r, &v) in acc.iter().enumerate().take(valid) {
+                        *out.at((t0 + t) * rows + n0 + r) = v;
+                    }
+                }
+            }
+            // SAFETY: `Tile::Vnni` is only chosen when the CPU has AVX-512 F/BW/VNNI.
+            #[cfg(target_arch = "x86_64")]
+            Tile::Vnni => {
+                super::avx512::tile(panel, acts, signed, t0, tn, out.at(0), rows, n0, valid)
+            }
+        }
+        t0 += tn;
+    }
 }
 
 #[cfg(test)]
@@ -488,6 +546,50 @@ mod tests {
                     assert!(all[t * rows..(t + 1) * rows] == one[..], "{kind:?} {t}");
                     let tail = matmul(tile, kind, &bytes, rows, cols, &x[t * cols..], m - t, 32);
                     assert!(all[t * rows..] == tail[..], "{kind:?} from {t}");
+                }
+            }
+        }
+    }
+
+    /// Several weights in one run (q/k/v) give each weight's own product bit for bit,
+    /// whatever panels each thread gets.
+    #[test]
+    fn many_weights_equal_one_at_a_time() {
+        let (cols, m) = (256, 35);
+        let x = test_data(m * cols, 27, 3.0);
+        let shapes = [
+            (BlockKind::Q4K, GgmlDType::Q4K, 48),
+            (BlockKind::Q5_0, GgmlDType::Q5_0, 16),
+            (BlockKind::Q8_0, GgmlDType::Q8_0, 21),
+            (BlockKind::Q4_1, GgmlDType::Q4_1, 5),
+        ];
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, dt, rows))| {
+                quantized(&test_data(rows * cols, 30 + i as u64, 2.0), rows, cols, dt).0
+            })
+            .collect();
+        let weights: Vec<PromptWeight> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&(kind, _, rows), d)| PromptWeight {
+                kind,
+                data: d,
+                rows,
+            })
+            .collect();
+        for tile in tiles() {
+            for span in [32, 256] {
+                let all = matmul_many(tile, &weights, cols, &x, m, |_| span);
+                for (w, got) in weights.iter().zip(&all) {
+                    let one = matmul(tile, w.kind, w.data, w.rows, cols, &x, m, span);
+                    assert!(*got == one, "{:?} {tile:?}", w.kind);
+                }
+                // Subsets shift which thread gets which panel.
+                for skip in 1..weights.len() {
+                    let part = matmul_many(tile, &weights[skip..], cols, &x, m, |_| span);
+                    assert!(part[..] == all[skip..], "from weight {skip}");
                 }
             }
         }

@@ -17,6 +17,7 @@ pub mod pool;
 mod scalar;
 
 pub use act::{quantize_activations, Q8Act};
+pub use gemm::PromptWeight;
 
 use candle_core::quantized::GgmlDType;
 use std::sync::OnceLock;
@@ -221,6 +222,26 @@ pub fn matmul_prompt(
         BLOCK
     };
     gemm::matmul(tile, kind, weight, rows, cols, x, m, span)
+}
+
+/// [`matmul_prompt`] for several weights over the same input (q/k/v, gate/up): the input
+/// is quantized once and the weights' panels share one parallel run. Each output is what
+/// [`matmul_prompt`] gives for that weight alone, bit for bit.
+pub fn matmul_prompt_many(
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
+    let tile = gemm::fast_tile().expect("has_prompt_gemm checked for a tile");
+    let q8 = q8_activations();
+    gemm::matmul_many(tile, weights, cols, x, m, |kind| {
+        if q8 && !kind.is_legacy() {
+            256
+        } else {
+            BLOCK
+        }
+    })
 }
 
 /// `out[t, n] = Σ_k x[t, k] · W[n, k]` for `m` activation rows `x` (m × cols, f32) and a
