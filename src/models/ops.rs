@@ -120,6 +120,8 @@ fn attention_gemm(
         head_dim,
     } = shape;
     let (rep, n, dev) = (heads / kv_heads, offset + t, &Device::Cpu);
+    // This runs on rayon's threads: keep the kernel pool's idle workers off the cores.
+    crate::quant::kernels::pool::global().rest();
     // (t, kv, rep, hd) → (kv, rep·t, hd): row r·t + i is query i of head g·rep + r.
     let qs = Tensor::from_slice(q, (t, kv_heads, rep, head_dim), dev)?
         .permute((1, 2, 0, 3))?

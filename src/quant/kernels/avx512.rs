@@ -102,3 +102,54 @@ unsafe fn tile_n<const T: usize, const SIGNED: bool>(
         _mm512_mask_storeu_ps(out.add((t0 + t) * rows + n0), mask, *acc);
     }
 }
+
+/// One token's row for the GEMM (`gemm::quantize`): per 32-block the codes, d, d·Σq and
+/// 128·Σq, one scale per `span`; the same results as `act::quantize_block` for finite
+/// input (the same multiply, and rounding half away from zero from the exact fraction).
+///
+/// # Safety
+/// The CPU must have AVX-512 F/BW; `x.len()` is a multiple of `span`, `span` of 32, and
+/// the outputs hold `x.len()` codes and `x.len() / 32` entries.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row(
+    x: &[f32],
+    span: usize,
+    qs: &mut [i8],
+    d: &mut [f32],
+    dsum: &mut [f32],
+    csum: &mut [i32],
+) {
+    debug_assert!(qs.len() == x.len() && d.len() * 32 == x.len());
+    let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(1));
+    for (s, chunk) in x.chunks_exact(span).enumerate() {
+        let mut m = _mm512_setzero_ps();
+        for c in chunk.chunks_exact(16) {
+            m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(c.as_ptr())));
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        let dd = amax / 127.0;
+        let id = _mm512_set1_ps(if dd > 0.0 { 1.0 / dd } else { 0.0 });
+        for (j, b) in chunk.chunks_exact(32).enumerate() {
+            let blk = s * (span / 32) + j;
+            let mut sum = _mm512_setzero_si512();
+            for h in 0..2 {
+                let v = _mm512_mul_ps(_mm512_loadu_ps(b.as_ptr().add(16 * h)), id);
+                let i = _mm512_cvttps_epi32(v);
+                let frac = _mm512_sub_ps(v, _mm512_cvtepi32_ps(i));
+                let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, half);
+                let down = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(frac, _mm512_set1_ps(-0.5));
+                let r = _mm512_mask_add_epi32(i, up, i, one);
+                let r = _mm512_mask_sub_epi32(r, down, r, one);
+                sum = _mm512_add_epi32(sum, r);
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(blk * 32 + 16 * h) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(r),
+                );
+            }
+            let sum = _mm512_reduce_add_epi32(sum);
+            d[blk] = dd;
+            dsum[blk] = dd * sum as f32;
+            csum[blk] = 128 * sum;
+        }
+    }
+}

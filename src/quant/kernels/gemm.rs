@@ -77,7 +77,8 @@ unsafe impl<T> Sync for Shared<T> {}
 
 /// Quantizes `m` rows of `cols` with one scale per `span` elements (as
 /// `act::quantize_activations_scaled_per`), the rows split over the kernel pool.
-pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize) -> Acts {
+/// `simd` (only where [`fast_tile`] is `Vnni`) quantizes with AVX-512, same results.
+pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize, simd: bool) -> Acts {
     assert!(cols.is_multiple_of(span) && span.is_multiple_of(BLOCK));
     let nb = cols / BLOCK;
     let mut acts = Acts {
@@ -108,6 +109,12 @@ pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize) -> Acts {
                 )
             };
             let row = &x[t * cols..(t + 1) * cols];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` means AVX-512 F/BW (see `fast_tile`); the sizes hold.
+                unsafe { super::avx512::quantize_row(row, span, qs, d, dsum, csum) };
+                continue;
+            }
             for (s, chunk) in row.chunks_exact(span).enumerate() {
                 let amax = act::amax(chunk);
                 for (j, b) in chunk.chunks_exact(BLOCK).enumerate() {
@@ -347,7 +354,7 @@ pub(super) fn matmul_many(
         let a = match acts.iter().position(|(s, _)| *s == sp) {
             Some(a) => a,
             None => {
-                acts.push((sp, quantize(x, m, cols, sp)));
+                acts.push((sp, quantize(x, m, cols, sp, tile != Tile::Scalar)));
                 acts.len() - 1
             }
         };
@@ -355,34 +362,37 @@ pub(super) fn matmul_many(
     }
     let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
     let shared: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
-    // Panel p of the whole run: weight j's panels follow weight j − 1's.
+    // Panel p of the whole run: weight j's panels follow weight j − 1's. Threads take
+    // panels in turn from a counter (a descheduled thread on a busy machine holds up no
+    // fixed share); a panel's results do not depend on which thread computes them.
+    let starts: Vec<usize> = jobs
+        .iter()
+        .scan(0, |acc, j| {
+            let s = *acc;
+            *acc += j.3;
+            Some(s)
+        })
+        .collect();
     let total: usize = jobs.iter().map(|j| j.3).sum();
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let nb = cols / BLOCK;
-    pool::global().run(&|index, threads| {
-        let per = total.div_ceil(threads);
-        let range = index * per..((index + 1) * per).min(total);
-        if range.is_empty() {
-            return;
-        }
+    pool::global().run(&|_, _| {
         let mut panel = vec![PanelBlock::ZERO; nb];
-        let mut first = 0;
-        for &(i, row_bytes, a, panels) in &jobs {
-            // This thread's panels of weight i, numbered within the weight.
-            let mine = range.start.max(first)..range.end.min(first + panels);
-            let base = first;
-            first += panels;
-            if mine.is_empty() {
-                continue;
+        loop {
+            let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if g >= total {
+                return;
             }
+            let j = starts.partition_point(|&s| s <= g) - 1;
+            let (i, row_bytes, a, _) = jobs[j];
             let (w, acts, out) = (&weights[i], &acts[a].1, &shared[i]);
+            let n0 = (g - starts[j]) * PANEL;
+            let valid = PANEL.min(w.rows - n0);
+            repack(w.kind, w.data, row_bytes, n0, valid, &mut panel);
             let signed = w.kind == BlockKind::Q8_0;
-            for p in mine.start - base..mine.end - base {
-                let n0 = p * PANEL;
-                let valid = PANEL.min(w.rows - n0);
-                repack(w.kind, w.data, row_bytes, n0, valid, &mut panel);
-                // SAFETY: rows n0..n0+valid of every token belong to this thread alone.
-                unsafe { run_panel(tile, &panel, acts, signed, out, w.rows, n0, valid, m) };
-            }
+            // SAFETY: rows n0..n0+valid of every token belong to this panel alone, and
+            // the counter hands each panel to one thread.
+            unsafe { run_panel(tile, &panel, acts, signed, out, w.rows, n0, valid, m) };
         }
     });
     outs
@@ -592,6 +602,23 @@ mod tests {
                     assert!(part[..] == all[skip..], "from weight {skip}");
                 }
             }
+        }
+    }
+
+    /// The SIMD activation quantizer gives the scalar one's codes and scales.
+    #[test]
+    fn simd_quantize_is_identical() {
+        if fast_tile().is_none() {
+            return;
+        }
+        let (m, cols) = (5, 512);
+        let mut x = test_data(m * cols, 28, 6.0);
+        x[7] = 0.0;
+        x[cols..2 * cols].fill(0.0); // an all-zero row: d = 0
+        for span in [32, 256] {
+            let a = quantize(&x, m, cols, span, false);
+            let b = quantize(&x, m, cols, span, true);
+            assert!(a.qs == b.qs && a.d == b.d && a.dsum == b.dsum && a.csum == b.csum);
         }
     }
 }
