@@ -343,10 +343,11 @@ pub(super) fn apply(
     Ok(out)
 }
 
-/// Several linears over the same token-major rows (q/k/v, gate/up): prompt-sized groups
-/// of block-quantized weights share one quantization of the input and one parallel run
-/// of the integer GEMM (no tensor copies on the way); everything else goes through
-/// [`apply`]. Each output is what `apply` gives for that linear alone.
+/// Several linears over the same token-major rows (q/k/v, gate/up). Where all are
+/// block-quantized without bias, each row group's input is quantized once and all
+/// weights share one parallel run — the integer GEMM for prompt-sized groups, the per-row
+/// kernels for short ones — with no tensor copies on the way; otherwise each goes through
+/// [`apply`]. Each output is what `apply` gives for that linear alone, bit for bit.
 pub(super) fn apply_many(
     lins: &[&dyn QuantLinear],
     x: Vec<f32>,
@@ -358,24 +359,27 @@ pub(super) fn apply_many(
         .iter()
         .map(|l| {
             let g = l.as_any().downcast_ref::<crate::quant::GgmlLinear>()?;
-            g.bias().is_none().then(|| g.prompt_weight()).flatten()
+            g.bias().is_none().then(|| g.blocks()).flatten()
         })
         .collect();
-    let long = |g: &Range<usize>| g.len() >= kernels::MAX_KERNEL_ROWS;
-    let Some(weights) = weights.filter(|_| groups.iter().any(long)) else {
+    let Some(weights) = weights else {
         return lins.iter().map(|l| apply(*l, x.clone(), groups)).collect();
     };
+    let prompt_gemm = weights.iter().all(|w| kernels::has_prompt_gemm(w.kind));
     let mut outs: Vec<Vec<f32>> = lins
         .iter()
         .map(|l| Vec::with_capacity(rows * l.shape().0))
         .collect();
     for g in groups {
         let part = &x[g.start * cols..g.end * cols];
-        let ys = if long(g) {
+        let ys = if g.len() < kernels::MAX_KERNEL_ROWS {
+            kernels::matmul_many(&weights, cols, part, g.len())
+        } else if prompt_gemm {
             kernels::matmul_prompt_many(&weights, cols, part, g.len())
         } else {
+            let one = [0..g.len()];
             lins.iter()
-                .map(|l| apply(*l, part.to_vec(), std::slice::from_ref(&(0..g.len()))))
+                .map(|l| apply(*l, part.to_vec(), &one))
                 .collect::<Result<_>>()?
         };
         if groups.len() == 1 {

@@ -84,7 +84,30 @@ pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -
         }
     }
     let mut out = vec![0f32; t * heads * head_dim];
-    if t == 1 {
+    let pool = crate::quant::kernels::pool::global();
+    if t == 1
+        && pool.threads() > 1
+        && rayon::current_thread_index().is_none()
+        && (offset + 1) * heads * head_dim >= 1 << 13
+    {
+        // A decode step over a longer cache: heads split over the kernel pool, whose
+        // workers are waiting for the next product anyway.
+        struct Out(*mut f32);
+        // SAFETY: each thread writes the rows of its own heads only.
+        unsafe impl Sync for Out {}
+        let ptr = Out(out.as_mut_ptr());
+        let ptr = &ptr;
+        pool.run(&|index, threads| {
+            let per = heads.div_ceil(threads);
+            let mut scores = Vec::with_capacity(offset + 1);
+            for h in index * per..((index + 1) * per).min(heads) {
+                // SAFETY: head h's row lies in bounds and belongs to this thread.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.0.add(h * head_dim), head_dim) };
+                one(0, h, o, &mut scores);
+            }
+        });
+    } else if t == 1 {
         let mut scores = Vec::with_capacity(offset + 1);
         for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
             one(0, h, o, &mut scores);
@@ -165,19 +188,9 @@ fn softmax_causal(row: &mut [f32], visible: usize) {
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorize without reassociation licence.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    // The kernels' SIMD dot (FMA where the CPU has it): the same for a query whether it
+    // runs alone or in a batch.
+    crate::quant::kernels::dot_f32(a, b)
 }
 
 /// `silu(gate) · up`, elementwise.

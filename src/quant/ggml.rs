@@ -36,13 +36,9 @@ impl GgmlLinear {
         self.qtensor.dtype()
     }
 
-    /// The weight as the prompt GEMM takes it, where this CPU and block type have one and
-    /// the blocks are in CPU memory.
-    pub fn prompt_weight(&self) -> Option<kernels::PromptWeight<'_>> {
+    /// The weight's blocks in CPU memory, where our kernels cover the block type.
+    pub fn blocks(&self) -> Option<kernels::PromptWeight<'_>> {
         let kind = kernels::BlockKind::from_ggml(self.qtensor.dtype())?;
-        if !kernels::has_prompt_gemm(kind) {
-            return None;
-        }
         match self.qtensor.data().ok()? {
             std::borrow::Cow::Borrowed(data) => Some(kernels::PromptWeight {
                 kind,

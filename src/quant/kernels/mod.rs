@@ -266,37 +266,82 @@ pub fn matmul_with(
     x: &[f32],
     m: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        cols % kind.block_elems(),
-        0,
-        "row length must be a multiple of the block"
-    );
-    assert_eq!(x.len(), m * cols);
-    let row_bytes = cols / kind.block_elems() * kind.block_bytes();
-    assert_eq!(weight.len(), rows * row_bytes);
-    // In llama.cpp-arithmetic mode K-quants see its q8_K activations (one scale per 256).
-    let span = if q8_activations() && !kind.is_legacy() {
-        256
-    } else {
-        BLOCK
-    };
-    let acts: Vec<Vec<Q8Act>> = x
-        .chunks(cols)
-        .map(|r| act::quantize_activations_scaled_per(r, span))
-        .collect();
-    // Several activation rows (batched decode, short prompts): legacy blocks are decoded
-    // once per four rows.
-    #[cfg(target_arch = "x86_64")]
-    let four = m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy();
-    rows_in_parallel_with(
+    let w = PromptWeight {
+        kind,
+        data: weight,
         rows,
+    };
+    matmul_many_with(isa, &[w], cols, x, m)
+        .pop()
+        .expect("one weight in, one out")
+}
+
+/// [`matmul`] for several weights over the same input (q/k/v, gate/up in decode): the
+/// input is quantized once and all weights' rows share one parallel run. Each output is
+/// what [`matmul`] gives for that weight alone, bit for bit.
+pub fn matmul_many(weights: &[PromptWeight], cols: usize, x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_many_with(isa(), weights, cols, x, m)
+}
+
+fn matmul_many_with(
+    isa: Isa,
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * cols);
+    // In llama.cpp-arithmetic mode K-quants see its q8_K activations (one scale per 256).
+    let span = |kind: BlockKind| {
+        if q8_activations() && !kind.is_legacy() {
+            256
+        } else {
+            BLOCK
+        }
+    };
+    let quantize = |sp: usize| -> Vec<Vec<Q8Act>> {
+        x.chunks(cols)
+            .map(|r| act::quantize_activations_scaled_per(r, sp))
+            .collect()
+    };
+    let mut acts: Vec<(usize, Vec<Vec<Q8Act>>)> = Vec::new();
+    // Per weight: (first row in the run, row bytes, acts index).
+    let mut parts = Vec::with_capacity(weights.len());
+    let mut total = 0;
+    for w in weights {
+        assert_eq!(
+            cols % w.kind.block_elems(),
+            0,
+            "row length must be a multiple of the block"
+        );
+        let row_bytes = cols / w.kind.block_elems() * w.kind.block_bytes();
+        assert_eq!(w.data.len(), w.rows * row_bytes);
+        let sp = span(w.kind);
+        let a = match acts.iter().position(|(s, _)| *s == sp) {
+            Some(a) => a,
+            None => {
+                acts.push((sp, quantize(sp)));
+                acts.len() - 1
+            }
+        };
+        parts.push((total, row_bytes, a));
+        total += w.rows;
+    }
+    let all = rows_in_parallel_with(
+        total,
         m,
         || (),
         |_, n, outs| {
-            let w = &weight[n * row_bytes..(n + 1) * row_bytes];
+            let j = parts.partition_point(|p| p.0 <= n) - 1;
+            let (first, row_bytes, a) = parts[j];
+            let (kind, acts) = (weights[j].kind, &acts[a].1);
+            let r = n - first;
+            let w = &weights[j].data[r * row_bytes..(r + 1) * row_bytes];
             let mut t = 0;
+            // Several activation rows (batched decode, short prompts): legacy blocks are
+            // decoded once per four rows.
             #[cfg(target_arch = "x86_64")]
-            if four {
+            if m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy() {
                 while t + 4 <= m {
                     let rows4 = [&acts[t][..], &acts[t + 1], &acts[t + 2], &acts[t + 3]];
                     // SAFETY: `Isa::Avx2` means AVX2, FMA and F16C are present.
@@ -309,7 +354,20 @@ pub fn matmul_with(
                 *o = dot_row(isa, kind, w, &acts[tt]);
             }
         },
-    )
+    );
+    if weights.len() == 1 {
+        return vec![all];
+    }
+    weights
+        .iter()
+        .zip(&parts)
+        .map(|(w, p)| {
+            (0..m)
+                .flat_map(|t| &all[t * total + p.0..t * total + p.0 + w.rows])
+                .copied()
+                .collect()
+        })
+        .collect()
 }
 
 /// `out[t · rows + n] = f(n, t)` for every weight row n and input row t, each thread of
