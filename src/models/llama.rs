@@ -377,9 +377,9 @@ pub(super) fn apply_many(
         } else if prompt_gemm {
             kernels::matmul_prompt_many(&weights, cols, part, g.len())
         } else {
-            let one = [0..g.len()];
+            let whole = 0..g.len();
             lins.iter()
-                .map(|l| apply(*l, part.to_vec(), &one))
+                .map(|l| apply(*l, part.to_vec(), std::slice::from_ref(&whole)))
                 .collect::<Result<_>>()?
         };
         if groups.len() == 1 {
