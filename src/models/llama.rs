@@ -343,6 +343,55 @@ pub(super) fn apply(
     Ok(out)
 }
 
+/// Several linears over the same token-major rows (q/k/v, gate/up). Where all are
+/// block-quantized without bias, each row group's input is quantized once and all
+/// weights share one parallel run — the integer GEMM for prompt-sized groups, the per-row
+/// kernels for short ones — with no tensor copies on the way; otherwise each goes through
+/// [`apply`]. Each output is what `apply` gives for that linear alone, bit for bit.
+pub(super) fn apply_many(
+    lins: &[&dyn QuantLinear],
+    x: Vec<f32>,
+    groups: &[Range<usize>],
+) -> Result<Vec<Vec<f32>>> {
+    let rows: usize = groups.iter().map(|g| g.len()).sum();
+    let cols = x.len() / rows.max(1);
+    let weights: Option<Vec<kernels::PromptWeight>> = lins
+        .iter()
+        .map(|l| {
+            let g = l.as_any().downcast_ref::<crate::quant::GgmlLinear>()?;
+            g.bias().is_none().then(|| g.blocks()).flatten()
+        })
+        .collect();
+    let Some(weights) = weights else {
+        return lins.iter().map(|l| apply(*l, x.clone(), groups)).collect();
+    };
+    let prompt_gemm = weights.iter().all(|w| kernels::has_prompt_gemm(w.kind));
+    let mut outs: Vec<Vec<f32>> = lins
+        .iter()
+        .map(|l| Vec::with_capacity(rows * l.shape().0))
+        .collect();
+    for g in groups {
+        let part = &x[g.start * cols..g.end * cols];
+        let ys = if g.len() < kernels::MAX_KERNEL_ROWS {
+            kernels::matmul_many(&weights, cols, part, g.len())
+        } else if prompt_gemm {
+            kernels::matmul_prompt_many(&weights, cols, part, g.len())
+        } else {
+            let whole = 0..g.len();
+            lins.iter()
+                .map(|l| apply(*l, part.to_vec(), std::slice::from_ref(&whole)))
+                .collect::<Result<_>>()?
+        };
+        if groups.len() == 1 {
+            return Ok(ys);
+        }
+        for (o, y) in outs.iter_mut().zip(ys) {
+            o.extend(y);
+        }
+    }
+    Ok(outs)
+}
+
 /// One sequence's query, key and value rows.
 type QkvRows<'b> = ((&'b mut [f32], &'b mut [f32]), &'b mut [f32]);
 
@@ -369,9 +418,12 @@ fn norm_weight(src: &dyn WeightSource, name: &str, hidden: usize) -> Result<Vec<
 
 impl Mlp {
     pub(super) fn forward(&self, x: Vec<f32>, groups: &[Range<usize>]) -> Result<Vec<f32>> {
-        let up = apply(self.up.as_ref(), x.clone(), groups)?;
-        let gate = apply(self.gate.as_ref(), x, groups)?;
-        apply(self.down.as_ref(), ops::swiglu(&gate, &up), groups)
+        let [up, gate]: [Vec<f32>; 2] =
+            apply_many(&[self.up.as_ref(), self.gate.as_ref()], x, groups)?
+                .try_into()
+                .expect("two linears in, two out");
+        apply_many(&[self.down.as_ref()], ops::swiglu(&gate, &up), groups)
+            .map(|mut v| v.pop().expect("one linear in, one out"))
     }
 }
 
@@ -389,9 +441,13 @@ impl Attention {
             cfg.head_dim,
         );
         let groups = &batch.groups;
-        let mut q = apply(self.q.as_ref(), x.clone(), groups)?;
-        let mut k = apply(self.k.as_ref(), x.clone(), groups)?;
-        let mut v = apply(self.v.as_ref(), x, groups)?;
+        let [mut q, mut k, mut v]: [Vec<f32>; 3] = apply_many(
+            &[self.q.as_ref(), self.k.as_ref(), self.v.as_ref()],
+            x,
+            groups,
+        )?
+        .try_into()
+        .expect("three linears in, three out");
         let shape = ops::Heads {
             heads: nh,
             kv_heads: nkv,
@@ -431,7 +487,8 @@ impl Attention {
         } else {
             parts.map(per_item).collect()
         };
-        apply(self.o.as_ref(), outs.concat(), groups)
+        apply_many(&[self.o.as_ref()], outs.concat(), groups)
+            .map(|mut v| v.pop().expect("one linear in, one out"))
     }
 }
 

@@ -84,7 +84,30 @@ pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -
         }
     }
     let mut out = vec![0f32; t * heads * head_dim];
-    if t == 1 {
+    let pool = crate::quant::kernels::pool::global();
+    if t == 1
+        && pool.threads() > 1
+        && rayon::current_thread_index().is_none()
+        && (offset + 1) * heads * head_dim >= 1 << 13
+    {
+        // A decode step over a longer cache: heads split over the kernel pool, whose
+        // workers are waiting for the next product anyway.
+        struct Out(*mut f32);
+        // SAFETY: each thread writes the rows of its own heads only.
+        unsafe impl Sync for Out {}
+        let ptr = Out(out.as_mut_ptr());
+        let ptr = &ptr;
+        pool.run(&|index, threads| {
+            let per = heads.div_ceil(threads);
+            let mut scores = Vec::with_capacity(offset + 1);
+            for h in index * per..((index + 1) * per).min(heads) {
+                // SAFETY: head h's row lies in bounds and belongs to this thread.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(ptr.0.add(h * head_dim), head_dim) };
+                one(0, h, o, &mut scores);
+            }
+        });
+    } else if t == 1 {
         let mut scores = Vec::with_capacity(offset + 1);
         for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
             one(0, h, o, &mut scores);
@@ -120,32 +143,60 @@ fn attention_gemm(
         head_dim,
     } = shape;
     let (rep, n, dev) = (heads / kv_heads, offset + t, &Device::Cpu);
-    // (t, kv, rep, hd) → (kv, rep·t, hd): row r·t + i is query i of head g·rep + r.
+    // This runs on rayon's threads: keep the kernel pool's idle workers off the cores.
+    crate::quant::kernels::pool::global().rest();
+    // (t, kv, rep, hd) → (kv, rep, t, hd).
     let qs = Tensor::from_slice(q, (t, kv_heads, rep, head_dim), dev)?
         .permute((1, 2, 0, 3))?
-        .contiguous()?
-        .reshape((kv_heads, rep * t, head_dim))?;
+        .contiguous()?;
     let ks = Tensor::from_slice(k, (n, kv_heads, head_dim), dev)?
         .transpose(0, 1)?
         .contiguous()?;
     let vs = Tensor::from_slice(v, (n, kv_heads, head_dim), dev)?
         .transpose(0, 1)?
         .contiguous()?;
-    let scores = (qs.matmul(&ks.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
-    let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
-    probs
-        .par_chunks_exact_mut(n)
-        .enumerate()
-        .for_each(|(row_idx, row)| softmax_causal(row, offset + row_idx % t + 1));
-    let probs = Tensor::from_vec(probs, (kv_heads, rep * t, n), dev)?;
-    probs
-        .matmul(&vs)?
-        .reshape((kv_heads, rep, t, head_dim))?
-        .permute((2, 0, 1, 3))?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1()
+    // Queries in chunks, each against the keys it can see: causal masking then skips
+    // most of the future half of the score matrix instead of computing and zeroing it.
+    let mut out = vec![0f32; t * heads * head_dim];
+    let mut i0 = 0;
+    while i0 < t {
+        let tc = QUERY_CHUNK.min(t - i0);
+        let nk = offset + i0 + tc;
+        // Row r·tc + i is query i0 + i of head g·rep + r.
+        let qc = qs
+            .narrow(2, i0, tc)?
+            .contiguous()?
+            .reshape((kv_heads, rep * tc, head_dim))?;
+        let (kc, vc) = if nk == n {
+            (ks.clone(), vs.clone())
+        } else {
+            (
+                ks.narrow(1, 0, nk)?.contiguous()?,
+                vs.narrow(1, 0, nk)?.contiguous()?,
+            )
+        };
+        let scores = (qc.matmul(&kc.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+        let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+        probs
+            .par_chunks_exact_mut(nk)
+            .enumerate()
+            .for_each(|(row_idx, row)| softmax_causal(row, offset + i0 + row_idx % tc + 1));
+        let probs = Tensor::from_vec(probs, (kv_heads, rep * tc, nk), dev)?;
+        let o: Vec<f32> = probs
+            .matmul(&vc)?
+            .reshape((kv_heads, rep, tc, head_dim))?
+            .permute((2, 0, 1, 3))?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()?;
+        out[i0 * heads * head_dim..(i0 + tc) * heads * head_dim].copy_from_slice(&o);
+        i0 += tc;
+    }
+    Ok(out)
 }
+
+/// Queries per chunk of prompt attention.
+const QUERY_CHUNK: usize = 128;
 
 /// Softmax over the first `visible` entries of `row`; the rest (future tokens) become 0.
 fn softmax_causal(row: &mut [f32], visible: usize) {
@@ -163,27 +214,37 @@ fn softmax_causal(row: &mut [f32], visible: usize) {
 
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorize without reassociation licence.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    // The kernels' SIMD dot (FMA where the CPU has it): the same for a query whether it
+    // runs alone or in a batch.
+    crate::quant::kernels::dot_f32(a, b)
 }
 
 /// `silu(gate) · up`, elementwise.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-        .collect()
+    assert_eq!(gate.len(), up.len());
+    let f = |g: f32, u: f32| g / (1.0 + (-g).exp()) * u;
+    let pool = crate::quant::kernels::pool::global();
+    if gate.len() < 1 << 15 || pool.threads() == 1 || rayon::current_thread_index().is_some() {
+        return gate.iter().zip(up).map(|(&g, &u)| f(g, u)).collect();
+    }
+    // Prompts: elementwise, so split over the kernel pool (same values either way).
+    let mut out = vec![0f32; gate.len()];
+    struct Out(*mut f32);
+    // SAFETY: each thread writes its own range only.
+    unsafe impl Sync for Out {}
+    let ptr = Out(out.as_mut_ptr());
+    let ptr = &ptr;
+    let n = gate.len();
+    pool.run(&|index, threads| {
+        let per = n.div_ceil(threads);
+        let range = (index * per).min(n)..((index + 1) * per).min(n);
+        // SAFETY: `range` lies in bounds and belongs to this thread.
+        let o = unsafe { std::slice::from_raw_parts_mut(ptr.0.add(range.start), range.len()) };
+        for ((o, &g), &u) in o.iter_mut().zip(&gate[range.clone()]).zip(&up[range]) {
+            *o = f(g, u);
+        }
+    });
+    out
 }
 
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -349,7 +410,8 @@ mod tests {
     /// The GEMM path for prompts and the per-query loop agree.
     #[test]
     fn prompt_attention_paths_agree() {
-        let (heads, kv_heads, hd, offset, t) = (6, 2, 16, 5, 40);
+        // t > QUERY_CHUNK: several query chunks, the last one partial.
+        let (heads, kv_heads, hd, offset, t) = (6, 2, 16, 5, 2 * QUERY_CHUNK + 40);
         let n = offset + t;
         let q = random(t * heads * hd, 8);
         let k = random(n * kv_heads * hd, 9);
@@ -371,9 +433,10 @@ mod tests {
 
     #[test]
     fn swiglu_matches_definition() {
-        let (g, u) = (random(16, 6), random(16, 7));
+        // Long enough for the pool's split.
+        let (g, u) = (random(1 << 16, 6), random(1 << 16, 7));
         let got = swiglu(&g, &u);
-        for i in 0..16 {
+        for i in 0..1 << 16 {
             let want = g[i] * (1.0 / (1.0 + (-g[i]).exp())) * u[i];
             assert!((got[i] - want).abs() < 1e-6);
         }

@@ -36,6 +36,40 @@ impl GgmlLinear {
         self.qtensor.dtype()
     }
 
+    /// The weight's blocks in CPU memory, where our kernels cover the block type.
+    pub fn blocks(&self) -> Option<kernels::PromptWeight<'_>> {
+        let kind = kernels::BlockKind::from_ggml(self.qtensor.dtype())?;
+        match self.qtensor.data().ok()? {
+            std::borrow::Cow::Borrowed(data) => Some(kernels::PromptWeight {
+                kind,
+                data,
+                rows: self.shape().0,
+            }),
+            std::borrow::Cow::Owned(_) => None,
+        }
+    }
+
+    /// Prompt-sized products on the CPU through the integer GEMM, where this CPU and block
+    /// type have it; None leaves the work to the other paths.
+    fn forward_prompt_gemm(&self, x: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        let Some(kind) = kernels::BlockKind::from_ggml(self.qtensor.dtype()) else {
+            return Ok(None);
+        };
+        if rows < kernels::MAX_KERNEL_ROWS
+            || !kernels::has_prompt_gemm(kind)
+            || !x.device().is_cpu()
+        {
+            return Ok(None);
+        }
+        let (out_features, in_features) = self.shape();
+        let weight = self.qtensor.data()?;
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().expect("rank ≥ 1") = out_features;
+        let y = kernels::matmul_prompt(kind, &weight, out_features, in_features, &xs, rows);
+        Ok(Some(Tensor::from_vec(y, dims, x.device())?))
+    }
+
     /// Few-row products (decode) on the CPU through our SIMD kernels, where they cover
     /// the block type; None leaves the work to candle.
     fn forward_own_kernel(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -62,7 +96,9 @@ impl QuantLinear for GgmlLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-        let y = if let Some(y) = self.forward_own_kernel(&x)? {
+        let y = if let Some(y) = self.forward_prompt_gemm(&x, rows)? {
+            y
+        } else if let Some(y) = self.forward_own_kernel(&x)? {
             y
         } else if rows >= kernels::MAX_KERNEL_ROWS && matches!(self.matmul, QMatMul::QTensor(_)) {
             // Prompt batches: one dequantization amortised over many rows lets the

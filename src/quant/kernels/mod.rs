@@ -11,12 +11,16 @@
 mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod gemm;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod pool;
 mod scalar;
 
 pub use act::{quantize_activations, Q8Act};
+pub use gemm::PromptWeight;
 
 use candle_core::quantized::GgmlDType;
 use std::sync::OnceLock;
@@ -207,6 +211,59 @@ pub fn apply_to_rows_below(
     )?))
 }
 
+/// Whether prompt-sized products (from [`MAX_KERNEL_ROWS`] rows on) of this block type
+/// run through the integer GEMM ([`matmul_prompt`]) on this CPU. Where not, they take the
+/// dequantize-and-f32-GEMM path. `SMELT_F32_PROMPTS=1` forces the latter (comparisons).
+pub fn has_prompt_gemm(kind: BlockKind) -> bool {
+    static F32_PROMPTS: OnceLock<bool> = OnceLock::new();
+    let forced_off = *F32_PROMPTS.get_or_init(|| {
+        std::env::var("SMELT_F32_PROMPTS").is_ok_and(|v| !v.is_empty() && v != "0")
+    });
+    !forced_off && gemm::supported(kind) && gemm::fast_tile().is_some()
+}
+
+/// `out[t, n] = Σ_k x[t, k] · W[n, k]` for many activation rows (prompts): activations
+/// quantized to 8 bits per 32-block as in [`matmul`] (per 256 for K-quants under
+/// `--q8-activations`), integer products in register tiles of 16 weight rows × 8 tokens.
+/// Each row's result is independent of the other rows of the call. Call only where
+/// [`has_prompt_gemm`] says so.
+pub fn matmul_prompt(
+    kind: BlockKind,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<f32> {
+    let tile = gemm::fast_tile().expect("has_prompt_gemm checked for a tile");
+    let span = if q8_activations() && !kind.is_legacy() {
+        256
+    } else {
+        BLOCK
+    };
+    gemm::matmul(tile, kind, weight, rows, cols, x, m, span)
+}
+
+/// [`matmul_prompt`] for several weights over the same input (q/k/v, gate/up): the input
+/// is quantized once and the weights' panels share one parallel run. Each output is what
+/// [`matmul_prompt`] gives for that weight alone, bit for bit.
+pub fn matmul_prompt_many(
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
+    let tile = gemm::fast_tile().expect("has_prompt_gemm checked for a tile");
+    let q8 = q8_activations();
+    gemm::matmul_many(tile, weights, cols, x, m, |kind| {
+        if q8 && !kind.is_legacy() {
+            256
+        } else {
+            BLOCK
+        }
+    })
+}
+
 /// `out[t, n] = Σ_k x[t, k] · W[n, k]` for `m` activation rows `x` (m × cols, f32) and a
 /// weight of `rows` × `cols` stored as ggml blocks, split across the kernel pool by rows.
 pub fn matmul(
@@ -229,37 +286,84 @@ pub fn matmul_with(
     x: &[f32],
     m: usize,
 ) -> Vec<f32> {
-    assert_eq!(
-        cols % kind.block_elems(),
-        0,
-        "row length must be a multiple of the block"
-    );
-    assert_eq!(x.len(), m * cols);
-    let row_bytes = cols / kind.block_elems() * kind.block_bytes();
-    assert_eq!(weight.len(), rows * row_bytes);
-    // In llama.cpp-arithmetic mode K-quants see its q8_K activations (one scale per 256).
-    let span = if q8_activations() && !kind.is_legacy() {
-        256
-    } else {
-        BLOCK
-    };
-    let acts: Vec<Vec<Q8Act>> = x
-        .chunks(cols)
-        .map(|r| act::quantize_activations_scaled_per(r, span))
-        .collect();
-    // Several activation rows (batched decode, short prompts): legacy blocks are decoded
-    // once per four rows.
-    #[cfg(target_arch = "x86_64")]
-    let four = m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy();
-    #[cfg(target_arch = "aarch64")]
-    let four = m >= 4 && matches!(isa, Isa::Neon { .. }) && kind.is_legacy();
-    rows_in_parallel_with(
+    let w = PromptWeight {
+        kind,
+        data: weight,
         rows,
+    };
+    matmul_many_with(isa, &[w], cols, x, m)
+        .pop()
+        .expect("one weight in, one out")
+}
+
+/// [`matmul`] for several weights over the same input (q/k/v, gate/up in decode): the
+/// input is quantized once and all weights' rows share one parallel run. Each output is
+/// what [`matmul`] gives for that weight alone, bit for bit.
+pub fn matmul_many(weights: &[PromptWeight], cols: usize, x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    matmul_many_with(isa(), weights, cols, x, m)
+}
+
+fn matmul_many_with(
+    isa: Isa,
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * cols);
+    // In llama.cpp-arithmetic mode K-quants see its q8_K activations (one scale per 256).
+    let span = |kind: BlockKind| {
+        if q8_activations() && !kind.is_legacy() {
+            256
+        } else {
+            BLOCK
+        }
+    };
+    let quantize = |sp: usize| -> Vec<Vec<Q8Act>> {
+        x.chunks(cols)
+            .map(|r| act::quantize_activations_scaled_per(r, sp))
+            .collect()
+    };
+    let mut acts: Vec<(usize, Vec<Vec<Q8Act>>)> = Vec::new();
+    // Per weight: (first row in the run, row bytes, acts index).
+    let mut parts = Vec::with_capacity(weights.len());
+    let mut total = 0;
+    for w in weights {
+        assert_eq!(
+            cols % w.kind.block_elems(),
+            0,
+            "row length must be a multiple of the block"
+        );
+        let row_bytes = cols / w.kind.block_elems() * w.kind.block_bytes();
+        assert_eq!(w.data.len(), w.rows * row_bytes);
+        let sp = span(w.kind);
+        let a = match acts.iter().position(|(s, _)| *s == sp) {
+            Some(a) => a,
+            None => {
+                acts.push((sp, quantize(sp)));
+                acts.len() - 1
+            }
+        };
+        parts.push((total, row_bytes, a));
+        total += w.rows;
+    }
+    let all = rows_in_parallel_with(
+        total,
         m,
         || (),
         |_, n, outs| {
-            let w = &weight[n * row_bytes..(n + 1) * row_bytes];
+            let j = parts.partition_point(|p| p.0 <= n) - 1;
+            let (first, row_bytes, a) = parts[j];
+            let (kind, acts) = (weights[j].kind, &acts[a].1);
+            let r = n - first;
+            let w = &weights[j].data[r * row_bytes..(r + 1) * row_bytes];
             let mut t = 0;
+            // Several activation rows (batched decode, short prompts): legacy blocks are
+            // decoded once per four rows.
+            #[cfg(target_arch = "x86_64")]
+            let four = m >= 4 && matches!(isa, Isa::Avx2) && kind.is_legacy();
+            #[cfg(target_arch = "aarch64")]
+            let four = m >= 4 && matches!(isa, Isa::Neon { .. }) && kind.is_legacy();
             #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
             if four {
                 while t + 4 <= m {
@@ -284,7 +388,20 @@ pub fn matmul_with(
                 *o = dot_row(isa, kind, w, &acts[tt]);
             }
         },
-    )
+    );
+    if weights.len() == 1 {
+        return vec![all];
+    }
+    weights
+        .iter()
+        .zip(&parts)
+        .map(|(w, p)| {
+            (0..m)
+                .flat_map(|t| &all[t * total + p.0..t * total + p.0 + w.rows])
+                .copied()
+                .collect()
+        })
+        .collect()
 }
 
 /// `out[t · rows + n] = f(n, t)` for every weight row n and input row t, each thread of

@@ -26,6 +26,8 @@ struct Shared {
     job: Mutex<Option<JobPtr>>,
     sleep_lock: Mutex<()>,
     wake: Condvar,
+    /// Set by [`Pool::rest`]: idle workers sleep now instead of spinning.
+    resting: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -48,6 +50,7 @@ impl Pool {
             job: Mutex::new(None),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
+            resting: std::sync::atomic::AtomicBool::new(false),
         });
         for index in 1..threads {
             let shared = shared.clone();
@@ -63,6 +66,13 @@ impl Pool {
         }
     }
 
+    /// Tells idle workers to sleep at once rather than spin until the next job: for
+    /// stretches of work on other threads (prompt attention on rayon's pool), where
+    /// spinning would take their cores. The next [`Pool::run`] wakes them as usual.
+    pub fn rest(&self) {
+        self.shared.resting.store(true, Ordering::Relaxed);
+    }
+
     pub fn threads(&self) -> usize {
         self.threads
     }
@@ -75,6 +85,7 @@ impl Pool {
             return;
         }
         let _one_at_a_time = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.resting.store(false, Ordering::Relaxed);
         // SAFETY: erase the borrow's lifetime; we wait below until no worker uses it.
         let ptr: *const Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize, usize) + Sync), &'static Job>(f) };
@@ -119,7 +130,8 @@ fn worker(shared: Arc<Shared>, index: usize, threads: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) && idle_since.elapsed() > SPIN_BEFORE_SLEEP {
+            let resting = shared.resting.load(Ordering::Relaxed);
+            if resting || (spins.is_multiple_of(1024) && idle_since.elapsed() > SPIN_BEFORE_SLEEP) {
                 let guard = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 if shared.generation.load(Ordering::Acquire) == seen {
                     drop(shared.wake.wait_timeout(guard, Duration::from_millis(100)));

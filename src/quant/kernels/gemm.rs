@@ -1,0 +1,626 @@
+//! Prompt-sized products (many activation rows) of block-quantized weights, in integers:
+//! activations quantized to 8 bits per 32-block as for decode (`act.rs`), each panel of
+//! 16 weight rows unpacked once per call into 8-bit codes interleaved for the integer
+//! dot-product instruction, and a register tile of 16 weight rows × up to 8 tokens, so
+//! every loaded weight vector serves 8 tokens and every activation word 16 rows.
+//!
+//! Per weight row n, token t and 32-block b, with the weight block w = scale·q + off:
+//!
+//! ```text
+//! isum = Σ_k q[n,k]·a[t,k]                       exact, in i32
+//! acc  = fma(isum as f32, scale[n,b]·d[t,b], acc)
+//! acc  = fma(off[n,b], dsum[t,b], acc)          (Q8_0's off is 0: skipped)
+//! ```
+//!
+//! in block order, the same for every tile shape and thread split, so a token's result
+//! never depends on the other tokens of the call (the scheduler relies on a sequence
+//! computing the same whether batched or alone). [`tile_scalar`] is the reference the
+//! SIMD tile is tested against bit for bit.
+
+use super::{act, pool, BlockKind, SharedOut, BLOCK};
+
+/// Weight rows per panel: one 16-lane i32/f32 vector.
+pub(super) const PANEL: usize = 16;
+/// Tokens per register tile.
+pub(super) const TILE: usize = 8;
+
+/// One 32-element block of a panel's 16 rows.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct PanelBlock {
+    /// Codes k = 4s..4s+4 of row r at bytes 64·s + 4·r, as unsigned bytes (Q8_0's signed
+    /// codes offset by 128; its sums are corrected with the activations' `csum`).
+    pub w: [u8; BLOCK * PANEL],
+    pub scale: [f32; PANEL],
+    pub off: [f32; PANEL],
+}
+
+impl PanelBlock {
+    const ZERO: Self = Self {
+        w: [0; BLOCK * PANEL],
+        scale: [0.0; PANEL],
+        off: [0.0; PANEL],
+    };
+}
+
+/// Quantized activation rows: codes token-major, and per (token, block) entries.
+pub(super) struct Acts {
+    pub cols: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    /// d · Σ q.
+    pub dsum: Vec<f32>,
+    /// 128 · Σ q: what Q8_0's offset codes add to a block's integer sum.
+    pub csum: Vec<i32>,
+}
+
+/// The block types this GEMM handles: one scale and offset per 32-element block.
+pub(super) fn supported(kind: BlockKind) -> bool {
+    matches!(
+        kind,
+        BlockKind::Q4_0
+            | BlockKind::Q4_1
+            | BlockKind::Q5_0
+            | BlockKind::Q5_1
+            | BlockKind::Q8_0
+            | BlockKind::Q4K
+            | BlockKind::Q5K
+    )
+}
+
+/// A raw pointer the pool's threads write disjoint parts of.
+struct Shared<T>(*mut T);
+// SAFETY: threads write disjoint elements and the buffer outlives the parallel run.
+unsafe impl<T> Sync for Shared<T> {}
+
+/// Quantizes `m` rows of `cols` with one scale per `span` elements (as
+/// `act::quantize_activations_scaled_per`), the rows split over the kernel pool.
+/// `simd` (only where [`fast_tile`] is `Vnni`) quantizes with AVX-512, same results.
+pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize, simd: bool) -> Acts {
+    assert!(cols.is_multiple_of(span) && span.is_multiple_of(BLOCK));
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = simd; // only x86-64 has a SIMD quantizer here
+    let nb = cols / BLOCK;
+    let mut acts = Acts {
+        cols,
+        nb,
+        qs: vec![0; m * cols],
+        d: vec![0.0; m * nb],
+        dsum: vec![0.0; m * nb],
+        csum: vec![0; m * nb],
+    };
+    let ptrs = (
+        Shared(acts.qs.as_mut_ptr()),
+        Shared(acts.d.as_mut_ptr()),
+        Shared(acts.dsum.as_mut_ptr()),
+        Shared(acts.csum.as_mut_ptr()),
+    );
+    let ptrs = &ptrs;
+    let job = move |index: usize, threads: usize| {
+        let per = m.div_ceil(threads);
+        for t in index * per..((index + 1) * per).min(m) {
+            // SAFETY: token t's parts belong to this thread alone and lie in bounds.
+            let (qs, d, dsum, csum) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(ptrs.0 .0.add(t * cols), cols),
+                    std::slice::from_raw_parts_mut(ptrs.1 .0.add(t * nb), nb),
+                    std::slice::from_raw_parts_mut(ptrs.2 .0.add(t * nb), nb),
+                    std::slice::from_raw_parts_mut(ptrs.3 .0.add(t * nb), nb),
+                )
+            };
+            let row = &x[t * cols..(t + 1) * cols];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` means AVX-512 F/BW (see `fast_tile`); the sizes hold.
+                unsafe { super::avx512::quantize_row(row, span, qs, d, dsum, csum) };
+                continue;
+            }
+            for (s, chunk) in row.chunks_exact(span).enumerate() {
+                let amax = act::amax(chunk);
+                for (j, b) in chunk.chunks_exact(BLOCK).enumerate() {
+                    let blk = s * (span / BLOCK) + j;
+                    let mut q = [0i8; BLOCK];
+                    let (dd, sum) = act::quantize_block(b, amax, &mut q);
+                    qs[blk * BLOCK..(blk + 1) * BLOCK].copy_from_slice(&q);
+                    d[blk] = dd;
+                    dsum[blk] = dd * sum as f32;
+                    csum[blk] = 128 * sum;
+                }
+            }
+        }
+    };
+    if m * cols < 1 << 14 {
+        job(0, 1);
+    } else {
+        pool::global().run(&job);
+    }
+    acts
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// The codes of 32-block `blk` of a weight row as unsigned bytes, and (scale, off) with
+/// w = scale·q + off (for Q8_0: q + 128 and off 0, corrected in integers).
+fn block_codes(kind: BlockKind, row: &[u8], blk: usize, q: &mut [u8; BLOCK]) -> (f32, f32) {
+    let nibbles = |q: &mut [u8; BLOCK], qs: &[u8]| {
+        for j in 0..16 {
+            q[j] = qs[j] & 0x0F;
+            q[j + 16] = qs[j] >> 4;
+        }
+    };
+    let fifth = |q: &mut [u8; BLOCK], qh: &[u8]| {
+        let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        for (j, v) in q.iter_mut().enumerate() {
+            *v |= (((qh >> j) & 1) << 4) as u8;
+        }
+    };
+    match kind {
+        BlockKind::Q4K | BlockKind::Q5K => {
+            let b = &row[(blk / 8) * kind.block_bytes()..][..kind.block_bytes()];
+            let i = blk % 8;
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (qs, qh) = match kind {
+                BlockKind::Q4K => (&b[16..144], None),
+                _ => (&b[48..176], Some(&b[16..48])),
+            };
+            let chunk = &qs[32 * (i / 2)..32 * (i / 2) + 32];
+            let shift = 4 * (i % 2);
+            for (v, &c) in q.iter_mut().zip(chunk) {
+                *v = (c >> shift) & 0x0F;
+            }
+            if let Some(h) = qh {
+                for (v, &hb) in q.iter_mut().zip(h) {
+                    *v |= ((hb >> i) & 1) << 4;
+                }
+            }
+            let (sc, m) = super::scalar::k_scale_min(&b[4..16], i);
+            (d * sc as f32, -dmin * m as f32)
+        }
+        _ => {
+            let bb = kind.block_bytes();
+            let b = &row[blk * bb..(blk + 1) * bb];
+            let d = f16_at(b, 0);
+            match kind {
+                BlockKind::Q4_0 => {
+                    nibbles(q, &b[2..18]);
+                    (d, -8.0 * d)
+                }
+                BlockKind::Q4_1 => {
+                    nibbles(q, &b[4..20]);
+                    (d, f16_at(b, 2))
+                }
+                BlockKind::Q5_0 => {
+                    nibbles(q, &b[6..22]);
+                    fifth(q, &b[2..6]);
+                    (d, -16.0 * d)
+                }
+                BlockKind::Q5_1 => {
+                    nibbles(q, &b[8..24]);
+                    fifth(q, &b[4..8]);
+                    (d, f16_at(b, 2))
+                }
+                BlockKind::Q8_0 => {
+                    for (v, &c) in q.iter_mut().zip(&b[2..34]) {
+                        *v = c ^ 0x80;
+                    }
+                    (d, 0.0)
+                }
+                _ => unreachable!("not a type of this GEMM: {kind:?}"),
+            }
+        }
+    }
+}
+
+/// Unpacks rows n0..n0+valid of the weight into `panel` (one entry per 32-block); rows
+/// past `valid` get zero codes and scales.
+pub(super) fn repack(
+    kind: BlockKind,
+    weight: &[u8],
+    row_bytes: usize,
+    n0: usize,
+    valid: usize,
+    panel: &mut [PanelBlock],
+) {
+    let mut q = [0u8; BLOCK];
+    for (blk, pb) in panel.iter_mut().enumerate() {
+        if valid < PANEL {
+            *pb = PanelBlock::ZERO;
+        }
+        for r in 0..valid {
+            let row = &weight[(n0 + r) * row_bytes..(n0 + r + 1) * row_bytes];
+            let (scale, off) = block_codes(kind, row, blk, &mut q);
+            pb.scale[r] = scale;
+            pb.off[r] = off;
+            for s in 0..BLOCK / 4 {
+                pb.w[64 * s + 4 * r..64 * s + 4 * r + 4].copy_from_slice(&q[4 * s..4 * s + 4]);
+            }
+        }
+    }
+}
+
+/// The reference tile: tokens t0..t0+tn against one panel, `out[t][r]` for its 16 rows.
+pub(super) fn tile_scalar(
+    panel: &[PanelBlock],
+    acts: &Acts,
+    signed: bool,
+    t0: usize,
+    tn: usize,
+) -> Vec<[f32; PANEL]> {
+    let mut acc = vec![[0f32; PANEL]; tn];
+    for (b, pb) in panel.iter().enumerate() {
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let tok = t0 + t;
+            let a = &acts.qs[tok * acts.cols + b * BLOCK..][..BLOCK];
+            let e = tok * acts.nb + b;
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let mut isum: i32 = (0..BLOCK)
+                    .map(|k| pb.w[64 * (k / 4) + 4 * r + k % 4] as i32 * a[k] as i32)
+                    .sum();
+                if signed {
+                    isum -= acts.csum[e];
+                }
+                *acc = (isum as f32).mul_add(pb.scale[r] * acts.d[e], *acc);
+                if !signed {
+                    *acc = pb.off[r].mul_add(acts.dsum[e], *acc);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Which tile kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tile {
+    /// The reference (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+/// The fast tile for this CPU, if it has one (AVX-512 VNNI), detected once.
+pub(super) fn fast_tile() -> Option<Tile> {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = *VNNI.get_or_init(|| {
+            std::env::var_os("SMELT_FORCE_SCALAR").is_none()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        });
+        if vnni {
+            return Some(Tile::Vnni);
+        }
+    }
+    let _ = &VNNI;
+    None
+}
+
+/// One weight of a product: its block type, ggml blocks and rows.
+#[derive(Clone, Copy)]
+pub struct PromptWeight<'a> {
+    pub kind: BlockKind,
+    pub data: &'a [u8],
+    pub rows: usize,
+}
+
+/// `out[t · rows + n] = Σ_k x[t, k] · W[n, k]` through the integer tiles, the weight's
+/// 16-row panels split over the kernel pool; activations get one scale per `span`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    tile: Tile,
+    kind: BlockKind,
+    weight: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    span: usize,
+) -> Vec<f32> {
+    let w = PromptWeight {
+        kind,
+        data: weight,
+        rows,
+    };
+    matmul_many(tile, &[w], cols, x, m, |_| span)
+        .pop()
+        .expect("one weight in, one out")
+}
+
+/// [`matmul`] for several weights over the same input (q/k/v, gate/up): the input is
+/// quantized once per span, and the panels of all weights share one parallel run.
+pub(super) fn matmul_many(
+    tile: Tile,
+    weights: &[PromptWeight],
+    cols: usize,
+    x: &[f32],
+    m: usize,
+    span: impl Fn(BlockKind) -> usize,
+) -> Vec<Vec<f32>> {
+    assert_eq!(x.len(), m * cols);
+    let mut acts: Vec<(usize, Acts)> = Vec::new();
+    let mut jobs = Vec::new(); // (weight, row bytes, acts index, panels)
+    for (i, w) in weights.iter().enumerate() {
+        assert!(supported(w.kind), "{:?} has no integer GEMM", w.kind);
+        assert!(cols.is_multiple_of(w.kind.block_elems()));
+        let row_bytes = cols / w.kind.block_elems() * w.kind.block_bytes();
+        assert_eq!(w.data.len(), w.rows * row_bytes);
+        let sp = span(w.kind);
+        let a = match acts.iter().position(|(s, _)| *s == sp) {
+            Some(a) => a,
+            None => {
+                acts.push((sp, quantize(x, m, cols, sp, tile != Tile::Scalar)));
+                acts.len() - 1
+            }
+        };
+        jobs.push((i, row_bytes, a, w.rows.div_ceil(PANEL)));
+    }
+    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let shared: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+    // Panel p of the whole run: weight j's panels follow weight j − 1's. Threads take
+    // panels in turn from a counter (a descheduled thread on a busy machine holds up no
+    // fixed share); a panel's results do not depend on which thread computes them.
+    let starts: Vec<usize> = jobs
+        .iter()
+        .scan(0, |acc, j| {
+            let s = *acc;
+            *acc += j.3;
+            Some(s)
+        })
+        .collect();
+    let total: usize = jobs.iter().map(|j| j.3).sum();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let nb = cols / BLOCK;
+    pool::global().run(&|_, _| {
+        let mut panel = vec![PanelBlock::ZERO; nb];
+        loop {
+            let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if g >= total {
+                return;
+            }
+            let j = starts.partition_point(|&s| s <= g) - 1;
+            let (i, row_bytes, a, _) = jobs[j];
+            let (w, acts, out) = (&weights[i], &acts[a].1, &shared[i]);
+            let n0 = (g - starts[j]) * PANEL;
+            let valid = PANEL.min(w.rows - n0);
+            repack(w.kind, w.data, row_bytes, n0, valid, &mut panel);
+            let signed = w.kind == BlockKind::Q8_0;
+            // SAFETY: rows n0..n0+valid of every token belong to this panel alone, and
+            // the counter hands each panel to one thread.
+            unsafe { run_panel(tile, &panel, acts, signed, out, w.rows, n0, valid, m) };
+        }
+    });
+    outs
+}
+
+/// Every token of the call against one unpacked panel.
+///
+/// # Safety
+/// `out` holds m · rows floats and no other thread writes rows n0..n0+valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_panel(
+    tile: Tile,
+    panel: &[PanelBlock],
+    acts: &Acts,
+    signed: bool,
+    out: &SharedOut,
+    rows: usize,
+    n0: usize,
+    valid: usize,
+    m: usize,
+) {
+    let mut t0 = 0;
+    while t0 < m {
+        let tn = TILE.min(m - t0);
+        match tile {
+            Tile::Scalar => {
+                for (t, acc) in tile_scalar(panel, acts, signed, t0, tn).iter().enumerate() {
+                    for (r, &v) in acc.iter().enumerate().take(valid) {
+                        *out.at((t0 + t) * rows + n0 + r) = v;
+                    }
+                }
+            }
+            // SAFETY: `Tile::Vnni` is only chosen when the CPU has AVX-512 F/BW/VNNI.
+            #[cfg(target_arch = "x86_64")]
+            Tile::Vnni => {
+                super::avx512::tile(panel, acts, signed, t0, tn, out.at(0), rows, n0, valid)
+            }
+        }
+        t0 += tn;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{matmul_with, test_data, Isa};
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    const KINDS: [(BlockKind, GgmlDType); 7] = [
+        (BlockKind::Q4_0, GgmlDType::Q4_0),
+        (BlockKind::Q4_1, GgmlDType::Q4_1),
+        (BlockKind::Q5_0, GgmlDType::Q5_0),
+        (BlockKind::Q5_1, GgmlDType::Q5_1),
+        (BlockKind::Q8_0, GgmlDType::Q8_0),
+        (BlockKind::Q4K, GgmlDType::Q4K),
+        (BlockKind::Q5K, GgmlDType::Q5K),
+    ];
+
+    fn quantized(w: &[f32], rows: usize, cols: usize, dt: GgmlDType) -> (Vec<u8>, Vec<f32>) {
+        let q = QTensor::quantize(
+            &Tensor::from_vec(w.to_vec(), (rows, cols), &Device::Cpu).unwrap(),
+            dt,
+        )
+        .unwrap();
+        let deq = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        (q.data().unwrap().to_vec(), deq)
+    }
+
+    fn tiles() -> Vec<Tile> {
+        let mut t = vec![Tile::Scalar];
+        t.extend(fast_tile());
+        t
+    }
+
+    /// Against a plain f32 product of the dequantized weight, on random data, with rows
+    /// and tokens that leave partial panels and tiles.
+    #[test]
+    fn matches_f32_reference() {
+        let (rows, cols, m) = (37, 512, 13);
+        let w = test_data(rows * cols, 21, 4.0);
+        let x = test_data(m * cols, 22, 4.0);
+        for (kind, dt) in KINDS {
+            let (bytes, deq) = quantized(&w, rows, cols, dt);
+            for tile in tiles() {
+                for span in [32, 256] {
+                    let got = matmul(tile, kind, &bytes, rows, cols, &x, m, span);
+                    for t in 0..m {
+                        for n in 0..rows {
+                            let xs = &x[t * cols..(t + 1) * cols];
+                            let ws = &deq[n * cols..(n + 1) * cols];
+                            let exact: f32 = xs.iter().zip(ws).map(|(a, b)| a * b).sum();
+                            let scale: f32 = xs.iter().zip(ws).map(|(a, b)| (a * b).abs()).sum();
+                            let err = (got[t * rows + n] - exact).abs();
+                            assert!(
+                                err <= 0.01 * scale,
+                                "{kind:?} {tile:?} span {span} t={t} n={n}: {} vs {exact}",
+                                got[t * rows + n]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD tile gives the scalar tile's results bit for bit, and so do the per-row
+    /// decode kernels' integer sums (only the order of float additions may differ there).
+    #[test]
+    fn simd_tile_is_bit_identical_to_scalar() {
+        let Some(fast) = fast_tile() else {
+            eprintln!("no integer GEMM tile for this CPU; nothing to compare");
+            return;
+        };
+        let (rows, cols, m) = (50, 768, 21);
+        let w = test_data(rows * cols, 23, 2.0);
+        let x = test_data(m * cols, 24, 3.0);
+        for (kind, dt) in KINDS {
+            let (bytes, _) = quantized(&w, rows, cols, dt);
+            let a = matmul(Tile::Scalar, kind, &bytes, rows, cols, &x, m, 32);
+            let b = matmul(fast, kind, &bytes, rows, cols, &x, m, 32);
+            assert!(a == b, "{kind:?}: SIMD tile differs from the scalar one");
+            let rowwise = matmul_with(Isa::Scalar, kind, &bytes, rows, cols, &x, m);
+            for (p, q) in a.iter().zip(&rowwise) {
+                assert!(
+                    (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                    "{kind:?}: {p} vs {q}"
+                );
+            }
+        }
+    }
+
+    /// A token's outputs do not depend on the other tokens of the call (tile position,
+    /// partial tiles) nor on how many there are.
+    #[test]
+    fn tokens_are_independent_of_their_batch() {
+        let (rows, cols, m) = (40, 256, 19);
+        let w = test_data(rows * cols, 25, 2.0);
+        let x = test_data(m * cols, 26, 3.0);
+        for (kind, dt) in KINDS {
+            let (bytes, _) = quantized(&w, rows, cols, dt);
+            for tile in tiles() {
+                let all = matmul(tile, kind, &bytes, rows, cols, &x, m, 32);
+                for t in [0, 5, 8, 17, 18] {
+                    let one = matmul(
+                        tile,
+                        kind,
+                        &bytes,
+                        rows,
+                        cols,
+                        &x[t * cols..(t + 1) * cols],
+                        1,
+                        32,
+                    );
+                    assert!(all[t * rows..(t + 1) * rows] == one[..], "{kind:?} {t}");
+                    let tail = matmul(tile, kind, &bytes, rows, cols, &x[t * cols..], m - t, 32);
+                    assert!(all[t * rows..] == tail[..], "{kind:?} from {t}");
+                }
+            }
+        }
+    }
+
+    /// Several weights in one run (q/k/v) give each weight's own product bit for bit,
+    /// whatever panels each thread gets.
+    #[test]
+    fn many_weights_equal_one_at_a_time() {
+        let (cols, m) = (256, 35);
+        let x = test_data(m * cols, 27, 3.0);
+        let shapes = [
+            (BlockKind::Q4K, GgmlDType::Q4K, 48),
+            (BlockKind::Q5_0, GgmlDType::Q5_0, 16),
+            (BlockKind::Q8_0, GgmlDType::Q8_0, 21),
+            (BlockKind::Q4_1, GgmlDType::Q4_1, 5),
+        ];
+        let data: Vec<Vec<u8>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(_, dt, rows))| {
+                quantized(&test_data(rows * cols, 30 + i as u64, 2.0), rows, cols, dt).0
+            })
+            .collect();
+        let weights: Vec<PromptWeight> = shapes
+            .iter()
+            .zip(&data)
+            .map(|(&(kind, _, rows), d)| PromptWeight {
+                kind,
+                data: d,
+                rows,
+            })
+            .collect();
+        for tile in tiles() {
+            for span in [32, 256] {
+                let all = matmul_many(tile, &weights, cols, &x, m, |_| span);
+                for (w, got) in weights.iter().zip(&all) {
+                    let one = matmul(tile, w.kind, w.data, w.rows, cols, &x, m, span);
+                    assert!(*got == one, "{:?} {tile:?}", w.kind);
+                }
+                // Subsets shift which thread gets which panel.
+                for skip in 1..weights.len() {
+                    let part = matmul_many(tile, &weights[skip..], cols, &x, m, |_| span);
+                    assert!(part[..] == all[skip..], "from weight {skip}");
+                }
+            }
+        }
+    }
+
+    /// The SIMD activation quantizer gives the scalar one's codes and scales.
+    #[test]
+    fn simd_quantize_is_identical() {
+        if fast_tile().is_none() {
+            return;
+        }
+        let (m, cols) = (5, 512);
+        let mut x = test_data(m * cols, 28, 6.0);
+        x[7] = 0.0;
+        x[cols..2 * cols].fill(0.0); // an all-zero row: d = 0
+        for span in [32, 256] {
+            let a = quantize(&x, m, cols, span, false);
+            let b = quantize(&x, m, cols, span, true);
+            assert!(a.qs == b.qs && a.d == b.d && a.dsum == b.dsum && a.csum == b.csum);
+        }
+    }
+}
