@@ -223,8 +223,7 @@ unsafe fn two_blocks(
         ),
         BlockKind::Q5_0 => {
             let n = nibbles2(b0.add(6), b1.add(6));
-            let q =
-                _mm512_mask_blend_epi8(fifth(b0.add(2), b1.add(2)), n, _mm512_or_si512(n, sixteen));
+            let q = _mm512_mask_add_epi8(n, fifth(b0.add(2), b1.add(2)), n, sixteen);
             (
                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av),
                 -16.0 * d0,
@@ -233,8 +232,7 @@ unsafe fn two_blocks(
         }
         BlockKind::Q5_1 => {
             let n = nibbles2(b0.add(8), b1.add(8));
-            let q =
-                _mm512_mask_blend_epi8(fifth(b0.add(4), b1.add(4)), n, _mm512_or_si512(n, sixteen));
+            let q = _mm512_mask_add_epi8(n, fifth(b0.add(4), b1.add(4)), n, sixteen);
             (
                 _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av),
                 f16_at(b0.add(2)),
@@ -292,9 +290,8 @@ pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
 }
 
 /// [`dot`] of `R` weight rows with the same activations, their accumulator chains
-/// interleaved; each row's result is exactly what [`dot`] gives for it alone. (Decode
-/// calls it with one row: four rows per call measured 1.5× slower at 2 threads here,
-/// and no faster at 1.)
+/// interleaved (independent chains hide the FMA latency; decode calls it with four rows);
+/// each row's result is exactly what [`dot`] gives for it alone.
 ///
 /// # Safety
 /// As [`dot`], for every row.

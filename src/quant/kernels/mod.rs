@@ -400,6 +400,50 @@ fn matmul_many_with(
             *o = dot_row(isa, kind, w, &acts[tt]);
         }
     };
+    // Decode on AVX-512: four weight rows per kernel call, their chains interleaved
+    // (each row's result is what `dot_row` gives for it alone).
+    #[cfg(target_arch = "x86_64")]
+    let all = if m == 1 && isa == Isa::Avx2 && avx512_dot() {
+        let mut out = vec![0f32; total];
+        let shared = SharedOut(out.as_mut_ptr());
+        pool::global().run(&|index, threads| {
+            let per = total.div_ceil(threads);
+            let end = ((index + 1) * per).min(total);
+            let mut n = index * per;
+            while n < end {
+                let j = parts.partition_point(|p| p.0 <= n) - 1;
+                let (first, row_bytes, a) = parts[j];
+                let (kind, acts) = (weights[j].kind, &acts[a].1[0]);
+                let stop = end.min(first + weights[j].rows);
+                let row = |n: usize| {
+                    let r = n - first;
+                    &weights[j].data[r * row_bytes..(r + 1) * row_bytes]
+                };
+                while n + 4 <= stop {
+                    // SAFETY: `avx512_dot` checked the CPU; rows of this range belong to
+                    // this thread alone and lie below `total`.
+                    unsafe {
+                        let r = avx512::dot_rows::<4>(
+                            kind,
+                            [row(n), row(n + 1), row(n + 2), row(n + 3)],
+                            acts,
+                        );
+                        std::ptr::copy_nonoverlapping(r.as_ptr(), shared.at(n), 4);
+                    }
+                    n += 4;
+                }
+                while n < stop {
+                    // SAFETY: as above.
+                    unsafe { *shared.at(n) = avx512::dot(kind, row(n), acts) };
+                    n += 1;
+                }
+            }
+        });
+        out
+    } else {
+        rows_in_parallel_with(total, m, || (), per_row)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
     let all = rows_in_parallel_with(total, m, || (), per_row);
     if weights.len() == 1 {
         return vec![all];
@@ -794,6 +838,13 @@ mod tests {
                     let (a, b) =
                         unsafe { (avx2::dot(kind, row, &acts), avx512::dot(kind, row, &acts)) };
                     assert_eq!(a.to_bits(), b.to_bits(), "{kind:?} cols {cols} row {r}");
+                    if r + 4 <= rows {
+                        let four: [&[u8]; 4] =
+                            std::array::from_fn(|i| &bytes[(r + i) * rb..(r + i + 1) * rb]);
+                        // SAFETY: as above.
+                        let c = unsafe { avx512::dot_rows::<4>(kind, four, &acts) };
+                        assert_eq!(a.to_bits(), c[0].to_bits(), "{kind:?} four rows at {r}");
+                    }
                     let s = scalar::dot(kind, row, &acts);
                     assert!(
                         (a - s).abs() <= 1e-4 * s.abs().max(1.0),
@@ -838,8 +889,16 @@ mod tests {
                     } else {
                         let acts = quantize_activations(&x);
                         let rb = bytes.len() / rows;
-                        for r in 0..rows {
-                            s += unsafe { avx512::dot(kind, &bytes[r * rb..(r + 1) * rb], &acts) };
+                        let row = |r: usize| &bytes[r * rb..(r + 1) * rb];
+                        for r in (0..rows).step_by(4) {
+                            let o = unsafe {
+                                avx512::dot_rows::<4>(
+                                    kind,
+                                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                                    &acts,
+                                )
+                            };
+                            s += o[0] + o[1] + o[2] + o[3];
                         }
                     }
                 }
