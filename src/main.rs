@@ -543,6 +543,7 @@ fn chat_or_complete(cli: &Cli, spec: (ModelSpec, DType)) -> Result<()> {
 }
 
 fn main() {
+    smelt::tune_allocator();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log))

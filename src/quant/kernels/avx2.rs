@@ -55,7 +55,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// scale and offset.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) {
+pub(super) unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256, f32, f32) {
     let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
     let d = f16_at(b);
     let (codes_dot, offset) = match kind {

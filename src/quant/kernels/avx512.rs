@@ -4,6 +4,7 @@
 //! every token of the tile. Same arithmetic as `gemm::tile_scalar`, bit for bit.
 
 use super::gemm::{Acts, PanelBlock, PANEL, TILE};
+use super::{BlockKind, Q8Act};
 use std::arch::x86_64::*;
 
 /// Tokens t0..t0+tn (tn ≤ 8) against one panel; writes rows n0..n0+valid of `out`
@@ -152,4 +153,261 @@ pub(super) unsafe fn quantize_row(
             csum[blk] = 128 * sum;
         }
     }
+}
+
+/// 32 bytes at `p0` and 32 at `p1` as one vector (block `p0` in the low half).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn two_halves(p0: *const u8, p1: *const u8) -> __m512i {
+    let lo = _mm512_castsi256_si512(_mm256_loadu_si256(p0 as *const __m256i));
+    _mm512_inserti64x4::<1>(lo, _mm256_loadu_si256(p1 as *const __m256i))
+}
+
+/// The packed nibbles of two legacy blocks (16 bytes each) → 64 codes, in the layout of
+/// `avx2::nibbles` per 256-bit half: low nibbles are elements 0..15, high 16..31.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn nibbles2(p0: *const u8, p1: *const u8) -> __m512i {
+    let r = _mm256_set_m128i(
+        _mm_loadu_si128(p1 as *const __m128i),
+        _mm_loadu_si128(p0 as *const __m128i),
+    );
+    // 128-bit lanes: raw0, raw0, raw1, raw1.
+    let v = _mm512_permutexvar_epi64(
+        _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
+        _mm512_castsi256_si512(r),
+    );
+    let m4 = _mm512_set1_epi8(0x0F);
+    let lo = _mm512_and_si512(v, m4);
+    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+    _mm512_mask_blend_epi64(0b1100_1100, lo, hi)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = std::ptr::read_unaligned(p as *const u16);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Two legacy blocks: their codes·activations sums (8 i32 lanes per block, lane i the
+/// sum over elements 4i..4i+3, the same integers as `maddubs` + `madd` give) as f32, and
+/// per block (d, offset) as in `avx2::block`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn two_blocks(
+    kind: BlockKind,
+    b0: *const u8,
+    b1: *const u8,
+    a0: &Q8Act,
+    a1: &Q8Act,
+) -> (__m512, [f32; 2], [f32; 2]) {
+    let av = two_halves(a0.qs.as_ptr() as *const u8, a1.qs.as_ptr() as *const u8);
+    let (d0, d1) = (f16_at(b0), f16_at(b1));
+    let fifth = |h0: *const u8, h1: *const u8| -> __mmask64 {
+        let q0 = std::ptr::read_unaligned(h0 as *const u32) as u64;
+        let q1 = std::ptr::read_unaligned(h1 as *const u32) as u64;
+        q0 | (q1 << 32)
+    };
+    let sixteen = _mm512_set1_epi8(0x10);
+    let (isum, o0, o1) = match kind {
+        BlockKind::Q4_0 => (
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles2(b0.add(2), b1.add(2)), av),
+            -8.0 * d0,
+            -8.0 * d1,
+        ),
+        BlockKind::Q4_1 => (
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles2(b0.add(4), b1.add(4)), av),
+            f16_at(b0.add(2)),
+            f16_at(b1.add(2)),
+        ),
+        BlockKind::Q5_0 => {
+            let n = nibbles2(b0.add(6), b1.add(6));
+            let q = _mm512_mask_add_epi8(n, fifth(b0.add(2), b1.add(2)), n, sixteen);
+            (
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av),
+                -16.0 * d0,
+                -16.0 * d1,
+            )
+        }
+        BlockKind::Q5_1 => {
+            let n = nibbles2(b0.add(8), b1.add(8));
+            let q = _mm512_mask_add_epi8(n, fifth(b0.add(4), b1.add(4)), n, sixteen);
+            (
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av),
+                f16_at(b0.add(2)),
+                f16_at(b1.add(2)),
+            )
+        }
+        BlockKind::Q8_0 => {
+            // Signed × signed: the weight's magnitude, its sign moved onto the activation
+            // (where the weight is 0 the product is 0 either way).
+            let w = two_halves(b0.add(2), b1.add(2));
+            let neg = _mm512_movepi8_mask(w);
+            let a = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+            (
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), a),
+                0.0,
+                0.0,
+            )
+        }
+        _ => unreachable!("only legacy blocks"),
+    };
+    (_mm512_cvtepi32_ps(isum), [d0, d1], [o0, o1])
+}
+
+/// `lo` in the eight low lanes, `hi` in the eight high ones.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn halves_ps(lo: f32, hi: f32) -> __m512 {
+    let lo = _mm512_castps_pd(_mm512_set1_ps(lo));
+    let hi = _mm256_castps_pd(_mm256_set1_ps(hi));
+    _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, hi))
+}
+
+/// Sum of the eight lanes of `v`, in `avx2::hsum`'s order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// `avx2::dot` for the legacy 32-blocks and Q4_K/Q5_K, two blocks (sub-blocks) per
+/// 512-bit vector and `vpdpbusd` for the integer sums: the low half of the accumulator is
+/// `avx2::dot`'s first chain and the high half its second, fed the same FMAs in the same
+/// order, so the result is bit-identical to `avx2::dot` (and so to `avx2::dot4_legacy`).
+/// Other kinds go to `avx2::dot`.
+///
+/// # Safety
+/// The CPU must have AVX2/FMA/F16C and AVX-512 F/BW/VNNI; `row` holds the blocks of
+/// `kind` that `act` covers.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    dot_rows::<1>(kind, [row], act)[0]
+}
+
+/// [`dot`] of `R` weight rows with the same activations, their accumulator chains
+/// interleaved (independent chains hide the FMA latency; decode calls it with four rows);
+/// each row's result is exactly what [`dot`] gives for it alone.
+///
+/// # Safety
+/// As [`dot`], for every row.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn dot_rows<const R: usize>(
+    kind: BlockKind,
+    rows: [&[u8]; R],
+    act: &[Q8Act],
+) -> [f32; R] {
+    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
+        return rows.map(|row| dot_k(kind, row, act));
+    }
+    // One copy per block type, so the block decoding has no branches on the type.
+    match kind {
+        BlockKind::Q4_0 => dot_legacy::<R, 0>(rows, act),
+        BlockKind::Q4_1 => dot_legacy::<R, 1>(rows, act),
+        BlockKind::Q5_0 => dot_legacy::<R, 2>(rows, act),
+        BlockKind::Q5_1 => dot_legacy::<R, 3>(rows, act),
+        BlockKind::Q8_0 => dot_legacy::<R, 4>(rows, act),
+        _ => rows.map(|row| super::avx2::dot(kind, row, act)),
+    }
+}
+
+/// The legacy block type of [`dot_legacy`]'s `K`.
+const LEGACY: [BlockKind; 5] = [
+    BlockKind::Q4_0,
+    BlockKind::Q4_1,
+    BlockKind::Q5_0,
+    BlockKind::Q5_1,
+    BlockKind::Q8_0,
+];
+
+/// [`dot_rows`] for the legacy block type `LEGACY[K]`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+unsafe fn dot_legacy<const R: usize, const K: usize>(rows: [&[u8]; R], act: &[Q8Act]) -> [f32; R] {
+    let kind = LEGACY[K];
+    let bb = kind.block_bytes();
+    debug_assert!(rows.iter().all(|row| row.len() >= act.len() * bb));
+    let base = rows.map(|row| row.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut off = [[0f32; 2]; R];
+    let pairs = act.len() / 2;
+    for p in 0..pairs {
+        let (a0, a1) = (&act[2 * p], &act[2 * p + 1]);
+        for r in 0..R {
+            let b0 = base[r].add(2 * p * bb);
+            let (s, d, o) = two_blocks(kind, b0, b0.add(bb), a0, a1);
+            let scale = halves_ps(d[0] * a0.d, d[1] * a1.d);
+            acc[r] = _mm512_fmadd_ps(scale, s, acc[r]);
+            off[r][0] += o[0] * a0.dsum;
+            off[r][1] += o[1] * a1.dsum;
+        }
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut acc0 = _mm512_castps512_ps256(acc[r]);
+        let acc1 = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[r])));
+        let (mut off0, off1) = (off[r][0], off[r][1]);
+        if act.len() % 2 == 1 {
+            let a = &act[act.len() - 1];
+            let (s, d, o) = super::avx2::block(kind, base[r].add((act.len() - 1) * bb), a);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), s, acc0);
+            off0 += o * a.dsum;
+        }
+        out[r] = hsum256(_mm256_add_ps(acc0, acc1)) + off0 + off1;
+    }
+    out
+}
+
+/// `avx2::dot_k` with `vpdpbusd` (256-bit) for the integer sums: the same i32 lanes
+/// (sums of four products) as `maddubs` + `madd`, so bit-identical. (512-bit vectors with
+/// two sub-blocks each measured slower here: Zen 4 splits them, and the halves must be
+/// assembled.)
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
+    let bb = kind.block_bytes();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut offset_total = 0f32;
+    for (sb, acts) in act.chunks_exact(8).enumerate() {
+        let b = row.as_ptr().add(sb * bb);
+        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let scales = std::slice::from_raw_parts(b.add(4), 12);
+        let (qs, qh) = match kind {
+            BlockKind::Q4K => (b.add(16), None),
+            _ => (
+                b.add(48),
+                Some(_mm256_loadu_si256(b.add(16) as *const __m256i)),
+            ),
+        };
+        for pair in 0..4 {
+            let bytes = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
+            for half in 0..2 {
+                let i = 2 * pair + half;
+                let a = &acts[i];
+                let mut q = if half == 0 {
+                    _mm256_and_si256(bytes, m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), m4)
+                };
+                if let Some(h) = qh {
+                    let set = _mm256_test_epi8_mask(h, _mm256_set1_epi8(1 << i));
+                    q = _mm256_mask_blend_epi8(set, q, _mm256_or_si256(q, _mm256_set1_epi8(0x10)));
+                }
+                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
+                let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q, av));
+                let (sc, m) = super::scalar::k_scale_min(scales, i);
+                let scale = _mm256_set1_ps(d * sc as f32 * a.d);
+                if half == 0 {
+                    acc0 = _mm256_fmadd_ps(scale, sums, acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(scale, sums, acc1);
+                }
+                offset_total -= dmin * m as f32 * a.dsum;
+            }
+        }
+    }
+    hsum256(_mm256_add_ps(acc0, acc1)) + offset_total
 }
