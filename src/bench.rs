@@ -33,7 +33,7 @@ fn time_decode(engine: &Engine, n: usize, vocab: usize) -> Result<f64> {
     let t = Instant::now();
     for _ in 0..n {
         let logits = engine.model.forward(&[tok], &mut s.cache, usize::MAX)?;
-        tok = crate::engine::sampling::argmax(&crate::models::llama::last_logits_vec(&logits)?);
+        tok = crate::engine::sampling::argmax(&crate::models::last_logits_vec(&logits)?);
     }
     Ok(t.elapsed().as_secs_f64())
 }

@@ -162,7 +162,8 @@ impl Engine {
         }
         // Reuse the cached prefix shared with the previous prompt of this session.
         let shared = common_prefix(&session.tokens, &req.prompt_tokens).min(n_prompt - 1);
-        session.cache.truncate(shared);
+        // A sliding-window cache may not reach back that far; it then starts afresh.
+        let shared = session.cache.truncate(shared);
         session.tokens.truncate(shared);
         tracing::debug!("prompt: {n_prompt} tokens, {shared} reused from the session's cache");
         let mut logits = self
@@ -182,7 +183,7 @@ impl Engine {
             if cancel.load(Ordering::Relaxed) {
                 break FinishReason::Cancelled;
             }
-            let mut row = crate::models::llama::last_logits_vec(&logits)?;
+            let mut row = crate::models::last_logits_vec(&logits)?;
             let next = sampler.sample(&mut row, &history);
             if self.assets.eos_token_ids.contains(&next) {
                 break FinishReason::Stop;

@@ -9,7 +9,7 @@
 //! Fronts talk to it through [`SchedulerHandle`] and tokio channels; it knows nothing of
 //! HTTP.
 
-use super::kv_cache::{blocks_for, BlockPool, KvCache};
+use super::kv_cache::{BlockPool, KvCache};
 use super::metrics::Metrics;
 use super::sampling::{log_softmax, Sampler, SamplingParams};
 use super::stream::{StopMatcher, TextStream};
@@ -117,9 +117,9 @@ impl SchedulerHandle {
         let model_cfg = engine.model.config().clone();
         let ctx = model_cfg.max_position_embeddings;
         let mut pool = engine.model.block_pool(cfg.kv_cache_bytes);
-        if pool.capacity() < blocks_for(ctx) {
+        if pool.capacity() < pool.blocks_for_tokens(ctx) {
             // A sequence alone must always fit, or it could wait forever.
-            let need = blocks_for(ctx) * pool.block_bytes();
+            let need = pool.blocks_for_tokens(ctx) * pool.block_bytes();
             tracing::warn!(
                 "KV cache budget {} MiB is below one full context; using {} MiB",
                 cfg.kv_cache_bytes >> 20,
@@ -128,7 +128,7 @@ impl SchedulerHandle {
             pool = engine.model.block_pool(need);
         }
         tracing::info!(
-            "KV cache: {} blocks of {} tokens ({} MiB), up to {} sequences",
+            "KV cache: {} blocks of {} tokens of one layer ({} MiB), up to {} sequences",
             pool.capacity(),
             super::kv_cache::BLOCK_TOKENS,
             (pool.capacity() * pool.block_bytes()) >> 20,
@@ -400,7 +400,7 @@ impl Worker {
             if barrier.is_some_and(|b| front.order >= b) {
                 break;
             }
-            let need = blocks_for(front.tokens.len() + 1);
+            let need = self.pool.blocks_for_tokens(front.tokens.len() + 1);
             if need > self.pool.available() {
                 break;
             }
@@ -570,7 +570,7 @@ fn advance(
     ctx: usize,
     metrics: &Metrics,
 ) -> Result<Option<FinishReason>> {
-    let mut row = crate::models::llama::last_logits_vec(logits)?;
+    let mut row = crate::models::last_logits_vec(logits)?;
     let tok = &engine.assets.tokenizer;
     let report = seq.req.logprobs.map(|k| {
         let lp = log_softmax(&row);

@@ -4,7 +4,9 @@
 use super::gguf_file::{GgufFile, GgufValue};
 use super::hub::ModelFiles;
 use super::{LoadOptions, LoadedModel};
-use crate::models::config::Architecture;
+use crate::models;
+use crate::models::config::{Architecture, GgufMeta, LayerKind, NormPlacement};
+use crate::models::rope::{RopeConfig, RopeScaling};
 use crate::models::{Embedding, ModelConfig, MoeConfig, WeightSource};
 use crate::quant::{GgmlLinear, IsqType, QuantLinear};
 use anyhow::{bail, Context, Result};
@@ -48,6 +50,7 @@ pub fn load(
         .unwrap_or_else(|| file.to_string());
     let src = GgufSource {
         arch: cfg.architecture,
+        norms: cfg.variant.norms,
         n_head: cfg.num_attention_heads,
         n_kv_head: cfg.num_key_value_heads,
         file: gguf,
@@ -90,6 +93,88 @@ fn meta_usize(g: &GgufFile, key: &str) -> Result<usize> {
         .with_context(|| format!("GGUF metadata {key} is not an integer"))
 }
 
+/// The file's metadata under its architecture prefix, for the family files.
+struct ArchMeta<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl GgufMeta for ArchMeta<'_> {
+    fn num(&self, key: &str) -> Option<f64> {
+        self.file.get(&format!("{}.{key}", self.arch))?.as_f64()
+    }
+    fn nums(&self, key: &str) -> Option<Vec<f64>> {
+        let v = self.file.get(&format!("{}.{key}", self.arch))?;
+        match v.as_array() {
+            Some(a) => a.iter().map(|x| x.as_f64()).collect(),
+            None => Some(vec![v.as_f64()?]),
+        }
+    }
+    fn text(&self, key: &str) -> Option<String> {
+        Some(
+            self.file
+                .get(&format!("{}.{key}", self.arch))?
+                .as_str()?
+                .to_string(),
+        )
+    }
+    fn tensor(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        match self.file.tensor_info(name) {
+            Some(info) => Ok(Some(
+                qtensor_from_ggml(
+                    info.dtype,
+                    self.file.tensor_bytes(info),
+                    info.shape(),
+                    &Device::Cpu,
+                )?
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+/// llama.cpp's generic rope keys: dimension count, scaling type and its parameters,
+/// and per-frequency divisors (`rope_freqs.weight`).
+fn rope_from_gguf(g: &dyn GgufMeta, head_dim: usize, max_pos: usize) -> Result<RopeConfig> {
+    let mut rope = RopeConfig::plain(g.num("rope.freq_base").unwrap_or(10_000.0), head_dim);
+    if let Some(d) = g.num("rope.dimension_count") {
+        rope.rotary_dim = d as usize;
+    }
+    let factor = g.num("rope.scaling.factor");
+    let original = g
+        .num("rope.scaling.original_context_length")
+        .map(|v| v as usize);
+    rope.scaling = match g.text("rope.scaling.type").as_deref() {
+        None | Some("none") => RopeScaling::None,
+        Some("linear") => RopeScaling::Linear {
+            factor: factor.context("GGUF rope.scaling.type linear without rope.scaling.factor")?,
+        },
+        Some("yarn") => {
+            let original = original.context(
+                "GGUF rope.scaling.type yarn without rope.scaling.original_context_length",
+            )?;
+            RopeScaling::Yarn {
+                factor: factor.unwrap_or(max_pos as f64 / original as f64),
+                original_max_position_embeddings: original,
+                attention_factor: None,
+                beta_fast: g.num("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                beta_slow: g.num("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                mscale: None,
+                mscale_all_dim: g.num("rope.scaling.yarn_log_multiplier").map(|m| m / 0.1),
+                truncate: true,
+            }
+        }
+        Some(other) => {
+            bail!("GGUF rope.scaling.type `{other}` is not supported (none, linear, yarn)")
+        }
+    };
+    rope.freq_factors = g.tensor("rope_freqs.weight")?;
+    Ok(rope)
+}
+
 pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let arch_name = meta(g, "general.architecture")?
         .as_str()
@@ -97,6 +182,10 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         .to_string();
     let mut architecture = Architecture::parse(&arch_name)?;
     let k = |s: &str| format!("{arch_name}.{s}");
+    let am = ArchMeta {
+        file: g,
+        arch: &arch_name,
+    };
     // llama.cpp writes Mixtral as a `llama` model with experts.
     let moe = match g.get(&k("expert_count")).and_then(|v| v.as_u64()) {
         Some(n) if n > 0 => {
@@ -133,41 +222,48 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             .shape()[0],
     };
     let f = |key: &str, default: f64| g.get(&k(key)).and_then(|v| v.as_f64()).unwrap_or(default);
-    let cfg = ModelConfig {
+    let layers = meta_usize(g, &k("block_count"))?;
+    let max_pos = g
+        .get(&k("context_length"))
+        .and_then(|v| v.as_u64())
+        .map_or(4096, |v| v as usize);
+    let mut cfg = ModelConfig {
         architecture,
         hidden_size: hidden,
         intermediate_size: meta_usize(g, &k("feed_forward_length"))?,
-        num_hidden_layers: meta_usize(g, &k("block_count"))?,
+        num_hidden_layers: layers,
         num_attention_heads: n_head,
         num_key_value_heads: n_kv,
         head_dim,
         vocab_size: vocab,
         rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta: f("rope.freq_base", 10_000.0),
-        rope_scaling: None,
-        rope_freq_factors: match g.tensor_info("rope_freqs.weight") {
-            Some(info) => Some(
-                qtensor_from_ggml(info.dtype, g.tensor_bytes(info), info.shape(), &Device::Cpu)?
-                    .dequantize(&Device::Cpu)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            ),
-            None => None,
-        },
-        max_position_embeddings: g
-            .get(&k("context_length"))
-            .and_then(|v| v.as_u64())
-            .map_or(4096, |v| v as usize),
+        rope: rope_from_gguf(&am, head_dim, max_pos)?,
+        local_rope: None,
+        max_position_embeddings: max_pos,
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
-        qkv_bias: architecture == Architecture::Qwen2,
+        qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
         moe,
+        variant: Default::default(),
+        layers: vec![LayerKind::GLOBAL; layers],
     };
+    match architecture {
+        Architecture::Llama | Architecture::Mixtral => {}
+        Architecture::Qwen2 => models::qwen2::gguf(&mut cfg),
+        Architecture::Qwen3 => models::qwen3::gguf(&mut cfg),
+        Architecture::Gemma2 => models::gemma2::gguf(&am, &mut cfg)?,
+        Architecture::Gemma3 => models::gemma3::gguf(&am, &mut cfg)?,
+        Architecture::Phi3 => models::phi3::gguf(&am, &mut cfg)?,
+        Architecture::SmolLm3 => models::smollm3::gguf(&mut cfg),
+        Architecture::Granite => models::granite::gguf(&am, &mut cfg),
+        Architecture::Olmo2 => models::olmo2::gguf(&mut cfg),
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// Maps a Hugging Face weight name (without `.weight`) to the GGUF one.
-pub(crate) fn gguf_name(hf: &str) -> Result<String> {
+/// Maps a Hugging Face weight name (without `.weight`) to the GGUF one, for a model
+/// whose block norms sit as `norms` says.
+pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
     Ok(match hf {
         "model.embed_tokens" => "token_embd".into(),
         "model.norm" => "output_norm".into(),
@@ -183,13 +279,22 @@ pub(crate) fn gguf_name(hf: &str) -> Result<String> {
                 "self_attn.q_proj" => "attn_q",
                 "self_attn.k_proj" => "attn_k",
                 "self_attn.v_proj" => "attn_v",
+                "self_attn.qkv_proj" => "attn_qkv",
                 "self_attn.o_proj" => "attn_output",
+                "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.k_norm" => "attn_k_norm",
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.up_proj" => "ffn_up",
+                // llama.cpp keeps Phi-3's fused gate and up in ffn_up (gate rows first).
+                "mlp.gate_up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
                 "block_sparse_moe.gate" => "ffn_gate_inp",
                 "input_layernorm" => "attn_norm",
-                "post_attention_layernorm" => "ffn_norm",
+                // Before the FFN in Llama; after attention where norms sandwich or follow.
+                "post_attention_layernorm" if norms == NormPlacement::Pre => "ffn_norm",
+                "post_attention_layernorm" => "post_attention_norm",
+                "pre_feedforward_layernorm" => "ffn_norm",
+                "post_feedforward_layernorm" => "post_ffw_norm",
                 _ => bail!("no GGUF name for {hf}"),
             };
             format!("blk.{layer}.{m}")
@@ -214,6 +319,7 @@ fn expert_parts(hf: &str) -> Option<(&str, &'static str, usize)> {
 
 struct GgufSource {
     arch: Architecture,
+    norms: NormPlacement,
     n_head: usize,
     n_kv_head: usize,
     file: GgufFile,
@@ -223,10 +329,18 @@ struct GgufSource {
 }
 
 impl GgufSource {
-    /// llama.cpp permutes the rows of Llama's Q and K so rotary pairs are adjacent; the
-    /// decoder uses transformers' rotate-half convention, so undo it (Qwen2 is unpermuted).
+    /// llama.cpp's converter permutes the rows of Q and K so rotary pairs are adjacent
+    /// for the architectures it runs with "normal" RoPE (Llama and those built on its
+    /// converter); the decoder uses transformers' rotate-half convention, so undo it.
+    /// The neox-RoPE families (Qwen, Gemma, Phi-3, OLMo 2) are stored unpermuted.
     fn rope_heads(&self, hf: &str) -> Option<usize> {
-        if !matches!(self.arch, Architecture::Llama | Architecture::Mixtral) {
+        if !matches!(
+            self.arch,
+            Architecture::Llama
+                | Architecture::Mixtral
+                | Architecture::Granite
+                | Architecture::SmolLm3
+        ) {
             return None;
         }
         if hf.ends_with("self_attn.q_proj") {
@@ -250,7 +364,7 @@ impl GgufSource {
             }
             return Ok((format!("blk.{layer}.ffn_{kind}.{e}.weight"), None));
         }
-        Ok((format!("{}.weight", gguf_name(hf)?), None))
+        Ok((format!("{}.weight", gguf_name(hf, self.norms)?), None))
     }
 
     fn qtensor(&self, gguf: &str, unpermute_heads: Option<usize>) -> Result<QTensor> {
@@ -359,7 +473,7 @@ impl WeightSource for GgufSource {
     ) -> Result<Arc<dyn QuantLinear>> {
         let heads = self.rope_heads(name);
         let bias = if bias {
-            Some(self.dense_tensor(&format!("{}.bias", gguf_name(name)?), heads)?)
+            Some(self.dense_tensor(&format!("{}.bias", gguf_name(name, self.norms)?), heads)?)
         } else {
             None
         };
@@ -375,7 +489,7 @@ impl WeightSource for GgufSource {
         }
     }
     fn dense(&self, name: &str) -> Result<Tensor> {
-        self.dense_tensor(&format!("{}.weight", gguf_name(name)?), None)
+        self.dense_tensor(&format!("{}.weight", gguf_name(name, self.norms)?), None)
     }
     fn embedding(&self, _name: &str) -> Result<Embedding> {
         let q = self.embed_qtensor()?;
@@ -389,7 +503,9 @@ impl WeightSource for GgufSource {
     fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
         let q = match tied {
             Some(_) => self.embed_qtensor()?,
-            None => Arc::new(self.qtensor(&format!("{}.weight", gguf_name(name)?), None)?),
+            None => {
+                Arc::new(self.qtensor(&format!("{}.weight", gguf_name(name, self.norms)?), None)?)
+            }
         };
         let head = GgmlLinear::new(q, None)?;
         match self.opts.head_isq() {
@@ -417,17 +533,17 @@ mod tests {
     #[test]
     fn maps_names() {
         assert_eq!(
-            gguf_name("model.layers.12.self_attn.q_proj").unwrap(),
+            gguf_name("model.layers.12.self_attn.q_proj", NormPlacement::Pre).unwrap(),
             "blk.12.attn_q"
         );
         assert_eq!(
-            gguf_name("model.layers.0.mlp.down_proj").unwrap(),
+            gguf_name("model.layers.0.mlp.down_proj", NormPlacement::Pre).unwrap(),
             "blk.0.ffn_down"
         );
-        assert_eq!(gguf_name("lm_head").unwrap(), "output");
-        assert!(gguf_name("model.layers.0.foo").is_err());
+        assert_eq!(gguf_name("lm_head", NormPlacement::Pre).unwrap(), "output");
+        assert!(gguf_name("model.layers.0.foo", NormPlacement::Pre).is_err());
         assert_eq!(
-            gguf_name("model.layers.2.block_sparse_moe.gate").unwrap(),
+            gguf_name("model.layers.2.block_sparse_moe.gate", NormPlacement::Pre).unwrap(),
             "blk.2.ffn_gate_inp"
         );
         assert_eq!(

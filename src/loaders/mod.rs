@@ -13,7 +13,7 @@ pub mod plain;
 pub mod prequantized;
 pub mod safetensors_file;
 
-use crate::models::{self, Architecture, CausalLm, ModelConfig, WeightSource};
+use crate::models::{self, CausalLm, ModelConfig, WeightSource};
 use crate::quant::{IsqOrganization, IsqType};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -254,11 +254,8 @@ pub(crate) fn build_model(
 ) -> Result<Box<dyn CausalLm>> {
     let bar = crate::progress::bar(cfg.num_hidden_layers as u64, what);
     let progress = |done: usize, _total: usize| bar.set_position(done as u64);
-    let model: Box<dyn CausalLm> = match cfg.architecture {
-        Architecture::Llama => Box::new(models::llama::Llama::load(cfg, src, &progress)?),
-        Architecture::Qwen2 => Box::new(models::qwen2::load(cfg, src, &progress)?),
-        Architecture::Mixtral => Box::new(models::mixtral::load(cfg, src, &progress)?),
-    };
+    // Every family is the one decoder; its config says what differs.
+    let model: Box<dyn CausalLm> = Box::new(models::Decoder::load(cfg, src, &progress)?);
     bar.finish_and_clear();
     Ok(model)
 }

@@ -1,26 +1,17 @@
-//! Mixtral: the Llama decoder (attention, norms, RoPE and head are [`Llama`]'s) with a
+//! Mixtral: the Llama decoder (attention, norms, RoPE and head are the shared decoder's) with a
 //! sparse mixture-of-experts FFN. Per token a router (`block_sparse_moe.gate`, hidden →
 //! experts, no bias) scores the experts; the softmax's `top_k` largest are kept and
 //! renormalised to sum to one, and the output is Σ weight · expert(x), each expert a
 //! SwiGLU MLP `w2(silu(w1 x) · w3 x)` (`block_sparse_moe.experts.{e}.w1/w3/w2`).
 
-use super::config::{Architecture, ModelConfig, MoeConfig};
-use super::llama::{apply, Llama, Mlp};
+use super::block::Mlp;
+use super::config::MoeConfig;
+use super::linear_rows::apply;
 use super::WeightSource;
 use crate::quant::QuantLinear;
 use anyhow::{Context, Result};
 use std::ops::Range;
 use std::sync::Arc;
-
-pub fn load(
-    cfg: ModelConfig,
-    src: Arc<dyn WeightSource>,
-    progress: &dyn Fn(usize, usize),
-) -> Result<Llama> {
-    debug_assert_eq!(cfg.architecture, Architecture::Mixtral);
-    anyhow::ensure!(cfg.moe.is_some(), "a Mixtral model needs an MoE config");
-    Llama::load(cfg, src, progress)
-}
 
 /// Names of an expert's gate, up and down projections.
 const EXPERT_NAMES: [&str; 3] = ["w1", "w3", "w2"];

@@ -1,12 +1,22 @@
 //! Model architectures, each written only against [`WeightSource`] and
 //! [`crate::quant::QuantLinear`], so every loader and every quantization serves every model.
 
+mod block;
 pub mod config;
+pub mod decoder;
+pub mod gemma2;
+pub mod gemma3;
+pub mod granite;
+mod linear_rows;
 pub mod llama;
 pub mod mixtral;
+pub mod olmo2;
 pub mod ops;
+pub mod phi3;
 pub mod qwen2;
+pub mod qwen3;
 pub mod rope;
+pub mod smollm3;
 
 use crate::engine::kv_cache::{BlockPool, KvCache};
 use crate::quant::{IsqType, QuantLinear};
@@ -16,6 +26,7 @@ use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
 pub use config::{Architecture, ModelConfig, MoeConfig};
+pub use decoder::Decoder;
 
 /// Where a model's weights come from. Names are Hugging Face's without the `.weight`
 /// suffix (`model.layers.3.self_attn.q_proj`); each loader maps them to its own layout.
@@ -108,7 +119,7 @@ pub trait CausalLm: Send + Sync {
     fn block_pool(&self, budget_bytes: usize) -> Arc<BlockPool> {
         let c = self.config();
         BlockPool::with_budget_bytes(
-            c.num_hidden_layers,
+            c.windows(),
             c.num_key_value_heads * c.head_dim,
             budget_bytes,
         )
@@ -117,7 +128,7 @@ pub trait CausalLm: Send + Sync {
     fn new_cache(&self) -> KvCache {
         let c = self.config();
         KvCache::new(
-            BlockPool::unbounded(c.num_hidden_layers, c.num_key_value_heads * c.head_dim),
+            BlockPool::unbounded(c.windows(), c.num_key_value_heads * c.head_dim),
             c.max_position_embeddings,
         )
     }
@@ -140,4 +151,14 @@ pub trait CausalLm: Send + Sync {
     /// Replaces every attention and MLP linear by `wrap(hugging_face_name, linear)`
     /// (calibration wraps them in observers).
     fn map_linears(&mut self, wrap: &mut LinearWrapper);
+}
+
+/// The last row of row-major logits as a Vec, for sampling.
+pub fn last_logits_vec(logits: &Tensor) -> Result<Vec<f32>> {
+    let l = if logits.rank() == 2 {
+        logits.get(logits.dim(0)? - 1)?
+    } else {
+        logits.clone()
+    };
+    Ok(l.to_dtype(candle_core::DType::F32)?.to_vec1()?)
 }

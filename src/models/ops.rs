@@ -3,7 +3,7 @@
 //! generic tensor ops that each allocate, dispatch and (for several) hop to rayon's pool;
 //! at decode sizes that overhead was half of every token.
 
-use super::rope::RotaryEmbedding;
+use super::rope::RopeRows;
 use crate::engine::kv_cache::KvView;
 use rayon::prelude::*;
 
@@ -22,19 +22,14 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 }
 
 /// Rotary embedding in place on token-major rows of `heads × head_dim`, positions from
-/// `offset` (rotate-half pairing: element i with i + head_dim/2).
-pub fn rope_in_place(
-    x: &mut [f32],
-    heads: usize,
-    head_dim: usize,
-    offset: usize,
-    rope: &RotaryEmbedding,
-) {
-    let half = head_dim / 2;
+/// `offset` (rotate-half pairing within the first `2 · rows.half()` dimensions of each
+/// head: element i with i + half; the rest of a head passes unchanged).
+pub fn rope_in_place(x: &mut [f32], heads: usize, head_dim: usize, offset: usize, rows: &RopeRows) {
+    let half = rows.half();
     for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-        let (cos, sin) = rope.row(offset + t);
+        let (cos, sin) = rows.row(offset + t);
         for h in row.chunks_exact_mut(head_dim) {
-            let (a, b) = h.split_at_mut(half);
+            let (a, b) = h[..2 * half].split_at_mut(half);
             for i in 0..half {
                 let (x1, x2) = (a[i], b[i]);
                 a[i] = x1 * cos[i] - x2 * sin[i];
@@ -52,26 +47,73 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// What a family changes in attention's arithmetic.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnOptions {
+    /// Multiplies q·k (1/√head_dim unless the family says else).
+    pub scale: f32,
+    /// `cap · tanh(score / cap)` before the mask (Gemma 2).
+    pub softcap: Option<f32>,
+    /// A query at position p sees keys p - window + 1 ..= p.
+    pub window: Option<usize>,
+}
+
+impl AttnOptions {
+    pub fn standard(head_dim: usize) -> Self {
+        Self {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: None,
+            window: None,
+        }
+    }
+
+    /// First key position a query at `pos` sees.
+    #[inline]
+    pub fn first_key(&self, pos: usize) -> usize {
+        self.window.map_or(0, |w| (pos + 1).saturating_sub(w))
+    }
+
+    #[inline]
+    fn score(&self, qk: f32) -> f32 {
+        let s = qk * self.scale;
+        match self.softcap {
+            Some(cap) => cap * (s / cap).tanh(),
+            None => s,
+        }
+    }
+}
+
 /// Causal attention of `t` new queries (token-major `heads × head_dim`, already roped)
 /// against the cache holding `offset + t` tokens (token-major `kv_heads × head_dim`).
-/// Query i sees keys 0..=offset+i. Output is token-major `heads × head_dim`.
-pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -> Vec<f32> {
+/// Query i sees keys `opts.first_key(offset + i)..=offset + i`. Output is token-major
+/// `heads × head_dim`.
+pub fn attention(
+    q: &[f32],
+    kv: KvView,
+    t: usize,
+    offset: usize,
+    shape: Heads,
+    opts: AttnOptions,
+) -> Vec<f32> {
     let Heads {
         heads,
         kv_heads,
         head_dim,
     } = shape;
     let rep = heads / kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let one = |i: usize, h: usize, out: &mut [f32], scores: &mut Vec<f32>| {
         let g = h / rep;
         let qh = &q[(i * heads + h) * head_dim..][..head_dim];
-        let n = offset + i + 1;
+        let pos = offset + i;
+        let lo = opts.first_key(pos);
         scores.clear();
-        scores.extend((0..n).map(|j| dot(qh, &kv.key(j)[g * head_dim..][..head_dim]) * scale));
+        scores.extend(
+            (lo..=pos).map(|j| opts.score(dot(qh, &kv.key(j)[g * head_dim..][..head_dim]))),
+        );
+        let n = scores.len();
         softmax_causal(scores, n);
         out.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
+        for (j, &p) in (lo..).zip(scores.iter()) {
             let vj = &kv.value(j)[g * head_dim..][..head_dim];
             for (o, &x) in out.iter_mut().zip(vj) {
                 *o += p * x;
@@ -79,7 +121,17 @@ pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -
         }
     };
     if t >= GEMM_MIN_QUERIES {
-        if let Ok(out) = attention_gemm(q, &kv.gather(false), &kv.gather(true), t, offset, shape) {
+        let lo = opts.first_key(offset);
+        if let Ok(out) = attention_gemm(
+            q,
+            &kv.gather(false, lo),
+            &kv.gather(true, lo),
+            t,
+            offset,
+            lo,
+            shape,
+            opts,
+        ) {
             return out;
         }
     }
@@ -88,7 +140,7 @@ pub fn attention(q: &[f32], kv: KvView, t: usize, offset: usize, shape: Heads) -
     if t == 1
         && pool.threads() > 1
         && rayon::current_thread_index().is_none()
-        && (offset + 1) * heads * head_dim >= 1 << 13
+        && (offset + 1 - opts.first_key(offset)) * heads * head_dim >= 1 << 13
     {
         // A decode step over a longer cache: heads split over the kernel pool, whose
         // workers are waiting for the next product anyway.
@@ -128,13 +180,17 @@ const GEMM_MIN_QUERIES: usize = 16;
 
 /// Prompt attention as two GEMMs per KV head (candle's, SIMD picked at run time), with
 /// the `rep` query heads sharing a KV head stacked so K and V are never copied per head.
+/// `k` and `v` hold positions `lo..offset + t`.
+#[allow(clippy::too_many_arguments)]
 fn attention_gemm(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     t: usize,
     offset: usize,
+    lo: usize,
     shape: Heads,
+    opts: AttnOptions,
 ) -> candle_core::Result<Vec<f32>> {
     use candle_core::{Device, Tensor};
     let Heads {
@@ -142,7 +198,7 @@ fn attention_gemm(
         kv_heads,
         head_dim,
     } = shape;
-    let (rep, n, dev) = (heads / kv_heads, offset + t, &Device::Cpu);
+    let (rep, n, dev) = (heads / kv_heads, offset + t - lo, &Device::Cpu);
     // This runs on rayon's threads: keep the kernel pool's idle workers off the cores.
     crate::quant::kernels::pool::global().rest();
     // (t, kv, rep, hd) → (kv, rep, t, hd).
@@ -156,31 +212,43 @@ fn attention_gemm(
         .transpose(0, 1)?
         .contiguous()?;
     // Queries in chunks, each against the keys it can see: causal masking then skips
-    // most of the future half of the score matrix instead of computing and zeroing it.
+    // most of the future half of the score matrix instead of computing and zeroing it,
+    // and a window skips the keys before the chunk's first visible one.
     let mut out = vec![0f32; t * heads * head_dim];
     let mut i0 = 0;
     while i0 < t {
         let tc = QUERY_CHUNK.min(t - i0);
-        let nk = offset + i0 + tc;
+        // Keys k0..k1 (absolute positions) cover every query of the chunk.
+        let (k0, k1) = (opts.first_key(offset + i0), offset + i0 + tc);
+        let nk = k1 - k0;
         // Row r·tc + i is query i0 + i of head g·rep + r.
         let qc = qs
             .narrow(2, i0, tc)?
             .contiguous()?
             .reshape((kv_heads, rep * tc, head_dim))?;
-        let (kc, vc) = if nk == n {
+        let (kc, vc) = if k0 == lo && k1 == offset + t {
             (ks.clone(), vs.clone())
         } else {
             (
-                ks.narrow(1, 0, nk)?.contiguous()?,
-                vs.narrow(1, 0, nk)?.contiguous()?,
+                ks.narrow(1, k0 - lo, nk)?.contiguous()?,
+                vs.narrow(1, k0 - lo, nk)?.contiguous()?,
             )
         };
-        let scores = (qc.matmul(&kc.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+        let scores = qc.matmul(&kc.t()?)?;
         let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
         probs
             .par_chunks_exact_mut(nk)
             .enumerate()
-            .for_each(|(row_idx, row)| softmax_causal(row, offset + i0 + row_idx % tc + 1));
+            .for_each(|(row_idx, row)| {
+                let pos = offset + i0 + row_idx % tc;
+                let first = opts.first_key(pos) - k0;
+                row[..first].fill(0.0);
+                let seen = &mut row[first..];
+                for s in seen.iter_mut() {
+                    *s = opts.score(*s);
+                }
+                softmax_causal(seen, pos + 1 - k0 - first);
+            });
         let probs = Tensor::from_vec(probs, (kv_heads, rep * tc, nk), dev)?;
         let o: Vec<f32> = probs
             .matmul(&vc)?
@@ -247,6 +315,33 @@ pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     out
 }
 
+/// `gelu_tanh(gate) · up`, elementwise (GeGLU with the tanh approximation).
+pub fn geglu_tanh(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    assert_eq!(gate.len(), up.len());
+    const C: f32 = 0.797_884_6; // √(2/π)
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| 0.5 * g * (1.0 + (C * (g + 0.044715 * g * g * g)).tanh()) * u)
+        .collect()
+}
+
+/// `cap · tanh(x / cap)` in place.
+pub fn softcap_in_place(x: &mut [f32], cap: f32) {
+    for v in x.iter_mut() {
+        *v = cap * (*v / cap).tanh();
+    }
+}
+
+/// `x += scale · y`.
+pub fn add_scaled_in_place(x: &mut [f32], y: &[f32], scale: f32) {
+    if scale == 1.0 {
+        return add_in_place(x, y);
+    }
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += scale * b;
+    }
+}
+
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
@@ -257,7 +352,30 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 mod tests {
     use super::*;
     use crate::engine::kv_cache::{BlockPool, KvCache};
-    use candle_core::{Device, Tensor};
+    use crate::models::rope::{RopeConfig, RotaryEmbedding};
+    use candle_core::{DType, Device, Tensor};
+
+    /// candle's rope on (1, heads, seq, head_dim) at positions `offset..`, base 10 000.
+    fn candle_rope(x: &Tensor, offset: usize, hd: usize) -> Tensor {
+        let seq = x.dim(2).unwrap();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / hd as f64) as f32)
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, hd / 2), &Device::Cpu).unwrap();
+        let pos = Tensor::arange(offset as u32, (offset + seq) as u32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .reshape((seq, 1))
+            .unwrap();
+        let freqs = pos.broadcast_mul(&inv).unwrap();
+        candle_nn::rotary_emb::rope(
+            &x.contiguous().unwrap(),
+            &freqs.cos().unwrap(),
+            &freqs.sin().unwrap(),
+        )
+        .unwrap()
+    }
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         crate::quant::kernels::test_data(n, seed, 2.0)
@@ -293,25 +411,9 @@ mod tests {
     fn attention_and_rope_match_tensor_reference() {
         let (heads, kv_heads, hd, offset, t) = (4, 2, 8, 3, 2);
         let n = offset + t;
-        let cfg = crate::models::ModelConfig {
-            architecture: crate::models::Architecture::Llama,
-            hidden_size: heads * hd,
-            intermediate_size: 8,
-            num_hidden_layers: 1,
-            num_attention_heads: heads,
-            num_key_value_heads: kv_heads,
-            head_dim: hd,
-            vocab_size: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            rope_freq_factors: None,
-            max_position_embeddings: 16,
-            tie_word_embeddings: true,
-            qkv_bias: false,
-            moe: None,
-        };
-        let rope = RotaryEmbedding::new(&cfg, &Device::Cpu).unwrap();
+        let rope = RotaryEmbedding::new(&RopeConfig::plain(10000.0, hd), hd).unwrap();
+        let rows_q = rope.rows(offset, t);
+        let rows_k = rope.rows(0, n);
         let mut q = random(t * heads * hd, 3);
         let mut k = random(n * kv_heads * hd, 4);
         let v = random(n * kv_heads * hd, 5);
@@ -325,10 +427,10 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        let qr = rope.apply(&to_heads(&q, t, heads), offset).unwrap();
-        let kr = rope.apply(&to_heads(&k, n, kv_heads), 0).unwrap();
-        rope_in_place(&mut q, heads, hd, offset, &rope);
-        rope_in_place(&mut k, kv_heads, hd, 0, &rope);
+        let qr = candle_rope(&to_heads(&q, t, heads), offset, hd);
+        let kr = candle_rope(&to_heads(&k, n, kv_heads), 0, hd);
+        rope_in_place(&mut q, heads, hd, offset, &rows_q);
+        rope_in_place(&mut k, kv_heads, hd, 0, &rows_k);
         let q_back: Vec<f32> = qr
             .transpose(1, 2)
             .unwrap()
@@ -376,6 +478,7 @@ mod tests {
                     kv_heads,
                     head_dim: hd,
                 },
+                AttnOptions::standard(hd),
             ),
             &want,
             1e-4,
@@ -385,7 +488,7 @@ mod tests {
     /// A one-layer paged cache holding token-major keys and values.
     fn cache_of(k: &[f32], v: &[f32], kv_row: usize) -> KvCache {
         let n = k.len() / kv_row;
-        let mut c = KvCache::new(BlockPool::unbounded(1, kv_row), n);
+        let mut c = KvCache::new(BlockPool::unbounded(vec![None], kv_row), n);
         c.reserve(n).unwrap();
         c.write(0, k, v);
         c.advance(n);
@@ -421,13 +524,30 @@ mod tests {
             kv_heads,
             head_dim: hd,
         };
-        let gemm = attention_gemm(&q, &k, &v, t, offset, shape).unwrap();
         let cache = cache_of(&k, &v, kv_heads * hd);
-        // One query at a time takes the loop path.
-        for i in 0..t {
-            let qi = &q[i * heads * hd..(i + 1) * heads * hd];
-            let row = attention(qi, cache.view(0, offset + i + 1), 1, offset + i, shape);
-            close(&row, &gemm[i * heads * hd..(i + 1) * heads * hd], 1e-4);
+        // Plain, then windowed and soft-capped (window shorter than a query chunk, and
+        // longer): one query at a time takes the loop path.
+        for (window, softcap) in [(None, None), (Some(37), Some(3.0)), (Some(200), None)] {
+            let opts = AttnOptions {
+                window,
+                softcap,
+                ..AttnOptions::standard(hd)
+            };
+            let lo = opts.first_key(offset);
+            let (kg, vg) = (&k[lo * kv_heads * hd..], &v[lo * kv_heads * hd..]);
+            let gemm = attention_gemm(&q, kg, vg, t, offset, lo, shape, opts).unwrap();
+            for i in 0..t {
+                let qi = &q[i * heads * hd..(i + 1) * heads * hd];
+                let row = attention(
+                    qi,
+                    cache.view(0, offset + i + 1),
+                    1,
+                    offset + i,
+                    shape,
+                    opts,
+                );
+                close(&row, &gemm[i * heads * hd..(i + 1) * heads * hd], 1e-4);
+            }
         }
     }
 

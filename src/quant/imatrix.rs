@@ -181,7 +181,9 @@ impl Imatrix {
 
     /// The importances for a Hugging Face weight name (`model.layers.3.self_attn.q_proj`).
     pub fn for_weight(&self, hf_name: &str) -> Option<&[f32]> {
-        let gguf = crate::loaders::gguf::gguf_name(hf_name).ok()?;
+        let gguf =
+            crate::loaders::gguf::gguf_name(hf_name, crate::models::config::NormPlacement::Pre)
+                .ok()?;
         self.entries
             .get(&gguf)
             .or_else(|| self.entries.get(hf_name))
@@ -318,7 +320,9 @@ impl ObservedLinear {
         hf_name: &str,
         collector: std::sync::Arc<Collector>,
     ) -> std::sync::Arc<dyn super::QuantLinear> {
-        let name = crate::loaders::gguf::gguf_name(hf_name).unwrap_or_else(|_| hf_name.to_string());
+        let name =
+            crate::loaders::gguf::gguf_name(hf_name, crate::models::config::NormPlacement::Pre)
+                .unwrap_or_else(|_| hf_name.to_string());
         std::sync::Arc::new(Self {
             inner,
             name,

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Tiny random-weight checkpoints of every dense model family, made by transformers
+itself, with their reference logits and llama.cpp's GGUF and perplexity of them.
+
+For each case in CASES this writes tests/fixtures/families/<case>/:
+  config.json, model.safetensors (f32), tokenizer.model / tokenizer.json /
+  tokenizer_config.json  -- the checkpoint, saved by transformers' save_pretrained;
+  model.gguf             -- converted by llama.cpp's own convert_hf_to_gguf.py --outtype f32
+                            (cases with gguf=True; a GGUF cannot carry Mistral's window);
+  logits.f32             -- transformers' logits (eager attention, f32) for PROMPT, row-major
+                            (tokens x vocab), little-endian f32;
+and tests/fixtures/families/reference.json with the prompt, shapes and, where llama.cpp is
+built, `llama-perplexity -ctk f32 -ctv f32` on the GGUF over PPL_TEXT.
+
+Every feature of a family is switched on at small scale (windows shorter than the prompt,
+soft-caps, LongRoPE with partial rotary, NoPE layers, multipliers != 1, q/k norms, YaRN,
+dynamic NTK) and the weights are drawn large enough that outputs are peaked.
+
+Needs: pip install torch transformers safetensors sentencepiece numpy, and the llama.cpp
+sources of the llama-cpp-python==0.3.36 sdist (scripts/build-llama-cpp.sh fetches them and
+builds llama-perplexity). Usage: LLAMA_CPP_DIR=... python3 scripts/make-family-fixtures.py
+"""
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import transformers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "tests", "fixtures", "families")
+LLAMA = os.path.join(os.environ.get("LLAMA_CPP_DIR", os.path.expanduser("~/.cache/smelt/llama.cpp")),
+                     "src", "vendor", "llama.cpp")
+CORPUS = "/usr/share/common-licenses/GPL-3"
+VOCAB = 384
+PROMPT_TOKENS = 80
+# Perplexity text: the start of the corpus, small enough for a quick test.
+PPL_CHARS = 6000
+PPL_CTX = 32
+
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+              rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
+
+CASES = {
+    # Per-head q/k norm, head_dim 16 != 48/4, YaRN.
+    "qwen3": dict(cls="Qwen3Config", gguf=True, cfg=dict(hidden_size=48,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1000000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64})),
+    # Sandwich norms, (1 + w), GeGLU, soft-caps, window 24 on even layers.
+    "gemma2": dict(cls="Gemma2Config", gguf=True, cfg=dict(
+        hidden_size=48, query_pre_attn_scalar=16, attn_logit_softcapping=6.0, final_logit_softcapping=3.0,
+        sliding_window=24, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh")),
+    # Five local layers, one global; global linear scaling; local base 10 000.
+    "gemma3": dict(cls="Gemma3TextConfig", gguf=True, cfg=dict(
+        hidden_size=48, num_hidden_layers=6, query_pre_attn_scalar=16, sliding_window=24, tie_word_embeddings=True,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    # Fused projections, LongRoPE (long factors past 16 tokens), 3/4 rotary, window 40.
+    "phi3": dict(cls="Phi3Config", gguf=True, cfg=dict(
+        head_dim=None, sliding_window=40, max_position_embeddings=128,
+        original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                         "original_max_position_embeddings": 16,
+                         "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+                         "long_factor": [1.5, 2.0, 3.0, 4.5, 6.0, 8.0]})),
+    # Every fourth layer without RoPE.
+    "smollm3": dict(cls="SmolLM3Config", gguf=True, cfg=dict(no_rope_layers=[1, 1, 1, 0],
+                                                            rope_parameters={"rope_type": "default", "rope_theta": 2000000.0})),
+    # The four multipliers.
+    "granite": dict(cls="GraniteConfig", gguf=True, cfg=dict(
+        embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.1, logits_scaling=2.0)),
+    # Norms after attention and MLP only, q/k norm over the whole projection.
+    "olmo2": dict(cls="Olmo2Config", gguf=True, cfg=dict()),
+    # Mistral with a window of 24 on every layer and dynamic NTK past 64 positions.
+    "mistral": dict(cls="MistralConfig", gguf=False, cfg=dict(
+        sliding_window=24, max_position_embeddings=64,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+}
+
+
+def train_tokenizer(directory):
+    """A small SentencePiece BPE vocabulary (byte fallback) on the corpus."""
+    model = io.BytesIO()
+    with open(CORPUS, encoding="utf-8") as f:
+        lines = [l.strip() for l in f if l.strip()]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=VOCAB, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, split_digits=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+        # llama.cpp's vocabulary loader looks this token up for models named phi3.
+        user_defined_symbols=["<|endoftext|>"])
+    path = os.path.join(directory, "tokenizer.model")
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    return path
+
+
+def peaked_weights(model, family, seed):
+    """Redraw every weight so activations and logits are far from uniform."""
+    g = torch.Generator().manual_seed(seed)
+    gemma = family.startswith("gemma")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                base = 0.0 if gemma else 1.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
+            elif "embed_tokens" in name:
+                # Gemma scales embeddings by sqrt(hidden) and ties its head to them.
+                std = 4.0 / math.sqrt(p.shape[1]) if gemma else 1.0
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            elif p.dim() == 2:
+                gain = 5.0 if "lm_head" in name else 1.2
+                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[1])))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def convert(directory, outfile):
+    """llama.cpp's converter, run in-process so that families whose converter expects a
+    BPE tokenizer.json read our SentencePiece model instead (the vocabulary is not
+    what is under test: logits are compared on token ids)."""
+    sys.path.insert(0, LLAMA)
+    sys.path.insert(1, os.path.join(LLAMA, "gguf-py"))
+    import convert_hf_to_gguf as conv  # noqa: E402
+    from conversion import base  # noqa: E402
+
+    original = base.TextModel.__init__
+
+    def init(self, *a, **k):
+        original(self, *a, **k)
+        self.set_vocab = self._set_vocab_sentencepiece
+
+    base.TextModel.__init__ = init
+    argv = sys.argv
+    sys.argv = ["convert_hf_to_gguf.py", directory, "--outfile", outfile, "--outtype", "f32"]
+    try:
+        conv.main()
+    finally:
+        sys.argv = argv
+        base.TextModel.__init__ = original
+
+
+def llama_perplexity(gguf_path, text_path):
+    exe = os.path.join(LLAMA, "build", "bin", "llama-perplexity")
+    if not os.path.exists(exe):
+        print(f"(no {exe}: perplexity reference skipped)")
+        return None
+    # llama.cpp's log thread sometimes loses its last lines at exit: run again then.
+    for _ in range(6):
+        with tempfile.TemporaryFile("w+") as log:
+            subprocess.run([exe, "-m", gguf_path, "-f", text_path, "-c", str(PPL_CTX), "-b", str(PPL_CTX),
+                            "-ctk", "f32", "-ctv", "f32", "-t", "2"], stdout=log, stderr=log, check=True)
+            log.seek(0)
+            text = log.read()
+        m = re.search(r"Final estimate: PPL = ([0-9.]+)", text)
+        if m is not None:
+            return float(m.group(1))
+    raise RuntimeError(f"llama-perplexity printed no estimate for {gguf_path}:\n{text[-2000:]}")
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    ref = {"prompt_tokens": PROMPT_TOKENS, "vocab": VOCAB, "ppl_ctx": PPL_CTX,
+           "ppl_text": "ppl.txt", "transformers": transformers.__version__, "cases": {}}
+    with open(CORPUS, encoding="utf-8") as f:
+        text = f.read()
+    with open(os.path.join(OUT, "ppl.txt"), "w", encoding="utf-8") as f:
+        f.write(text[:PPL_CHARS])
+    with tempfile.TemporaryDirectory() as tmp:
+        sp_path = train_tokenizer(tmp)
+        sp = spm.SentencePieceProcessor(model_file=sp_path)
+        prompt = [1] + sp.encode(text[20000:30000])[: PROMPT_TOKENS - 1]
+        for seed, (case, spec) in enumerate(CASES.items()):
+            d = os.path.join(OUT, case)
+            os.makedirs(d, exist_ok=True)
+            kw = dict(COMMON)
+            kw.update(spec["cfg"])
+            if kw.get("head_dim") is None:
+                kw.pop("head_dim")
+            cfg = getattr(transformers, spec["cls"])(**kw)
+            cfg._attn_implementation = "eager"
+            torch.manual_seed(seed)
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+            model.eval()
+            peaked_weights(model, case, 1000 + seed)
+            model.save_pretrained(d, safe_serialization=True)
+            tok = transformers.LlamaTokenizer(vocab_file=sp_path, legacy=False, add_bos_token=True)
+            tok.save_pretrained(d)
+            # The converter reads the SentencePiece model itself.
+            with open(sp_path, "rb") as src, open(os.path.join(d, "tokenizer.model"), "wb") as dst:
+                dst.write(src.read())
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt])).logits[0].float().numpy()
+            logits.astype("<f4").tofile(os.path.join(d, "logits.f32"))
+            p = torch.softmax(torch.tensor(logits), -1)
+            entropy = float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
+            entry = {"config_class": spec["cls"], "tokens": prompt, "entropy_nats": entropy,
+                     "max_abs_logit": float(np.abs(logits).max())}
+            if spec["gguf"]:
+                gguf_path = os.path.join(d, "model.gguf")
+                convert(d, gguf_path)
+                entry["llama_perplexity"] = llama_perplexity(gguf_path, os.path.join(OUT, "ppl.txt"))
+            ref["cases"][case] = entry
+            print(case, entry["entropy_nats"], entry.get("llama_perplexity"))
+    with open(os.path.join(OUT, "reference.json"), "w") as f:
+        json.dump(ref, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
