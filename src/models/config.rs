@@ -285,6 +285,12 @@ impl ModelConfig {
                 })
             }
         }
+        // Dynamic NTK exists to run past the trained length: allow `factor` times it.
+        if let RopeScaling::Dynamic { factor, .. } = cfg.rope.scaling {
+            if factor > 1.0 {
+                cfg.max_position_embeddings = (max_pos as f64 * factor) as usize;
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
