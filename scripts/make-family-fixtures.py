@@ -87,6 +87,82 @@ CASES = {
 }
 
 
+# Chat templates as the families' instruct checkpoints publish them in
+# tokenizer_config.json (Gemma 2 refuses a system message, Gemma 3 folds it into the
+# first user turn, Phi-3.5 has a system role).
+TEMPLATES = {
+    "gemma2": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"),
+    "gemma3": (
+        "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n"
+        "    {%- if messages[0]['content'] is string -%}\n"
+        "        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+        "    {%- else -%}\n"
+        "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+        "    {%- endif -%}\n"
+        "    {%- set loop_messages = messages[1:] -%}\n"
+        "{%- else -%}\n"
+        "    {%- set first_user_prefix = \"\" -%}\n"
+        "    {%- set loop_messages = messages -%}\n"
+        "{%- endif -%}\n"
+        "{%- for message in loop_messages -%}\n"
+        "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+        "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+        "    {%- endif -%}\n"
+        "    {%- if (message['role'] == 'assistant') -%}\n"
+        "        {%- set role = \"model\" -%}\n"
+        "    {%- else -%}\n"
+        "        {%- set role = message['role'] -%}\n"
+        "    {%- endif -%}\n"
+        "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+        "    {%- if message['content'] is string -%}\n"
+        "        {{ message['content'] | trim }}\n"
+        "    {%- elif message['content'] is iterable -%}\n"
+        "        {%- for item in message['content'] -%}\n"
+        "            {%- if item['type'] == 'text' -%}\n"
+        "                {{ item['text'] | trim }}\n"
+        "            {%- endif -%}\n"
+        "        {%- endfor -%}\n"
+        "    {%- else -%}\n"
+        "        {{ raise_exception(\"Invalid content type\") }}\n"
+        "    {%- endif -%}\n"
+        "    {{ '<end_of_turn>\n' }}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}\n"
+        "    {{'<start_of_turn>model\n'}}\n"
+        "{%- endif -%}\n"),
+    "phi3": (
+        "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+        "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+        "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+        "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"),
+}
+
+CHATS = [
+    [{"role": "user", "content": "  Hi there!  "}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again?"}],
+]
+
+
+def render_chats(tok):
+    """transformers' own rendering of CHATS (with the generation prompt), or its error."""
+    out = []
+    for msgs in CHATS:
+        try:
+            out.append({"messages": msgs, "rendered": tok.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True)})
+        except Exception as e:  # the template's raise_exception
+            out.append({"messages": msgs, "error": str(e)})
+    return out
+
+
 def train_tokenizer(directory):
     """A small SentencePiece BPE vocabulary (byte fallback) on the corpus."""
     model = io.BytesIO()
@@ -193,7 +269,11 @@ def main():
             model.eval()
             peaked_weights(model, case, 1000 + seed)
             model.save_pretrained(d, safe_serialization=True)
-            tok = transformers.LlamaTokenizer(vocab_file=sp_path, legacy=False, add_bos_token=True)
+            # From the directory holding tokenizer.model, so transformers converts it.
+            tok = transformers.LlamaTokenizer.from_pretrained(tmp, legacy=False, add_bos_token=True)
+            template = TEMPLATES.get(case)
+            if template is not None:
+                tok.chat_template = template
             tok.save_pretrained(d)
             # The converter reads the SentencePiece model itself.
             with open(sp_path, "rb") as src, open(os.path.join(d, "tokenizer.model"), "wb") as dst:
@@ -205,6 +285,8 @@ def main():
             entropy = float(-(p * p.clamp_min(1e-30).log()).sum(-1).mean())
             entry = {"config_class": spec["cls"], "tokens": prompt, "entropy_nats": entropy,
                      "max_abs_logit": float(np.abs(logits).max())}
+            if template is not None:
+                entry["chats"] = render_chats(tok)
             if spec["gguf"]:
                 gguf_path = os.path.join(d, "model.gguf")
                 convert(d, gguf_path)

@@ -72,10 +72,7 @@ fn argmax(v: &[f32]) -> usize {
 /// Largest |difference| relative to the largest |logit|, and rows whose argmax differs.
 fn compare(got: &[Vec<f32>], want: &[Vec<f32>]) -> (f32, usize) {
     assert_eq!(got.len(), want.len());
-    let scale = want
-        .iter()
-        .flatten()
-        .fold(1f32, |m, v| m.max(v.abs()));
+    let scale = want.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
     let mut err = 0f32;
     let mut flips = 0;
     for (g, w) in got.iter().zip(want) {
@@ -135,7 +132,8 @@ fn gguf_perplexity_matches_llama_cpp() {
     let text = std::fs::read_to_string(dir().join(r["ppl_text"].as_str().unwrap())).unwrap();
     let ctx = r["ppl_ctx"].as_u64().unwrap() as usize;
     for case in cases() {
-        let (Some(spec), Some(want)) = (gguf(&case), r["cases"][&case]["llama_perplexity"].as_f64())
+        let (Some(spec), Some(want)) =
+            (gguf(&case), r["cases"][&case]["llama_perplexity"].as_f64())
         else {
             continue;
         };
@@ -154,11 +152,14 @@ fn gguf_perplexity_matches_llama_cpp() {
 #[test]
 fn sliding_layers_hold_only_their_window() {
     for case in ["gemma3", "mistral"] {
-        let engine = load(&plain(&case), &LoadOptions::default());
+        let engine = load(&plain(case), &LoadOptions::default());
         let cfg = engine.model.config().clone();
         let (tokens, _) = expected(case);
         let mut s = engine.new_session();
-        engine.model.forward(&tokens[..40], &mut s.cache, 0).unwrap();
+        engine
+            .model
+            .forward(&tokens[..40], &mut s.cache, 0)
+            .unwrap();
         for &t in &tokens[40..] {
             engine.model.forward(&[t], &mut s.cache, 0).unwrap();
         }
@@ -222,7 +223,7 @@ fn isq_and_uqff_on_every_family() {
     for case in cases() {
         let (tokens, want) = expected(&case);
         let opts = LoadOptions {
-            isq: Some(IsqType::Q8_0),
+            isq: Some("Q8_0".parse().unwrap()),
             ..Default::default()
         };
         let loaded = smelt::load(&plain(&case), &opts).unwrap();
@@ -230,10 +231,17 @@ fn isq_and_uqff_on_every_family() {
         // the head_dim != hidden/heads fixtures stay dense, as llama.cpp keeps them).
         let named = loaded.model.named_linears();
         for (name, lin) in &named {
-            let want = if lin.shape().1 % 32 == 0 { "Q8_0" } else { "f32" };
+            let want = if lin.shape().1 % 32 == 0 {
+                "Q8_0"
+            } else {
+                "f32"
+            };
             assert_eq!(lin.storage_name(), want, "{case}: {name} {:?}", lin.shape());
         }
-        assert!(named.iter().any(|(_, l)| l.storage_name() == "Q8_0"), "{case}");
+        assert!(
+            named.iter().any(|(_, l)| l.storage_name() == "Q8_0"),
+            "{case}"
+        );
         let names: Vec<String> = named.into_iter().map(|(n, _)| n).collect();
         if case == "phi3" {
             assert!(names.iter().any(|n| n.ends_with("self_attn.qkv_proj")));
@@ -266,27 +274,223 @@ fn bad_family_configs_are_clear_errors() {
     let base = std::fs::read_to_string(dir().join("gemma2/config.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
     v["model_type"] = "mamba".into();
-    let e = ModelConfig::from_hf_json(&v.to_string()).unwrap_err().to_string();
-    assert!(e.contains("mamba") && e.contains("gemma3_text") && e.contains("phi3"), "{e}");
+    let e = ModelConfig::from_hf_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mamba") && e.contains("gemma3_text") && e.contains("phi3"),
+        "{e}"
+    );
 
     let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
     v.as_object_mut().unwrap().remove("intermediate_size");
-    let e = format!("{:#}", ModelConfig::from_hf_json(&v.to_string()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ModelConfig::from_hf_json(&v.to_string()).unwrap_err()
+    );
     assert!(e.contains("intermediate_size"), "{e}");
 
     let phi = std::fs::read_to_string(dir().join("phi3/config.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&phi).unwrap();
     v["rope_parameters"]["rope_type"] = "wobbly".into();
-    let e = format!("{:#}", ModelConfig::from_hf_json(&v.to_string()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ModelConfig::from_hf_json(&v.to_string()).unwrap_err()
+    );
     assert!(e.contains("wobbly") && e.contains("rope_parameters"), "{e}");
 
     let mut v: serde_json::Value = serde_json::from_str(&phi).unwrap();
     v["rope_parameters"]["short_factor"] = serde_json::json!([1.0]);
-    let e = format!("{:#}", ModelConfig::from_hf_json(&v.to_string()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ModelConfig::from_hf_json(&v.to_string()).unwrap_err()
+    );
     assert!(e.contains("short_factor"), "{e}");
 
     let mut v: serde_json::Value = serde_json::from_str(&base).unwrap();
     v["layer_types"] = serde_json::json!(["sliding_attention"]);
-    let e = format!("{:#}", ModelConfig::from_hf_json(&v.to_string()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ModelConfig::from_hf_json(&v.to_string()).unwrap_err()
+    );
     assert!(e.contains("layer_types"), "{e}");
+}
+
+/// Every `--isq` type loads and runs on every family (finite logits; 8-bit types keep
+/// most argmaxes), and re-ISQ to a type and back to the load dtype restores the f32
+/// model bit for bit.
+#[test]
+fn every_isq_type_and_re_isq_on_every_family() {
+    let types = [
+        "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K",
+        "HQQ4", "HQQ8", "FP8", "AFQ2", "AFQ3", "AFQ4", "AFQ6", "AFQ8",
+    ];
+    for case in cases() {
+        let (tokens, want) = expected(&case);
+        let tokens = &tokens[..24];
+        let want = &want[..24];
+        let mut engine = load(&plain(&case), &LoadOptions::default());
+        let dense = logits(&engine, tokens);
+        for name in types {
+            let ty: IsqType = name.parse().unwrap();
+            engine.re_isq(Some(ty)).unwrap();
+            let got = logits(&engine, tokens);
+            assert!(
+                got.iter().flatten().all(|v| v.is_finite()),
+                "{case} {name}: non-finite logits"
+            );
+            if name.ends_with('8') || name == "Q8_0" {
+                let agree = got
+                    .iter()
+                    .zip(want)
+                    .filter(|(g, w)| argmax(g) == argmax(w))
+                    .count();
+                assert!(
+                    agree * 10 >= tokens.len() * 7,
+                    "{case} {name}: {agree}/24 argmax"
+                );
+            }
+        }
+        engine.re_isq(None).unwrap();
+        assert_eq!(
+            logits(&engine, tokens),
+            dense,
+            "{case}: back to the load dtype"
+        );
+    }
+}
+
+/// Topology rules by Hugging Face names: a fused projection is addressed as a whole.
+#[test]
+fn topology_addresses_fused_projections_as_a_whole() {
+    let topo = smelt::quant::Topology::parse(
+        "'/self_attn\\.qkv_proj$/':\n  isq: Q8_0\n'/mlp\\.gate_up_proj$/':\n  isq: Q4_0\n",
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        topology: Some(topo),
+        ..Default::default()
+    };
+    let loaded = smelt::load(&plain("phi3"), &opts).unwrap();
+    for (name, storage) in loaded.model.linear_storage_by_name() {
+        let want = if name.ends_with("qkv_proj") {
+            "Q8_0"
+        } else if name.ends_with("gate_up_proj") {
+            "Q4_0"
+        } else {
+            "f32"
+        };
+        assert_eq!(storage, want, "{name}");
+    }
+}
+
+/// An imatrix collected on a family (fused and q/k-normed layers included) names every
+/// linear and weights ISQ.
+#[test]
+fn imatrix_collection_and_use_on_families() {
+    let text = dir().join("ppl.txt");
+    for case in ["phi3", "gemma3", "olmo2"] {
+        let mut engine = load(&plain(case), &LoadOptions::default());
+        let names: Vec<String> = engine
+            .model
+            .named_linears()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let im = smelt::calibrate::collect(&mut engine, &text, 32).unwrap();
+        for n in &names {
+            assert!(
+                im.for_weight(n).is_some(),
+                "{case}: no imatrix entry for {n}"
+            );
+        }
+        let opts = LoadOptions {
+            isq: Some("Q4_0".parse().unwrap()),
+            imatrix: Some(std::sync::Arc::new(im)),
+            ..Default::default()
+        };
+        let weighted = load(&plain(case), &opts);
+        let (tokens, _) = expected(case);
+        assert!(logits(&weighted, &tokens[..16])
+            .iter()
+            .flatten()
+            .all(|v| v.is_finite()));
+    }
+}
+
+/// A GGUF with an unknown architecture or a missing tensor is an error naming it.
+#[test]
+fn bad_family_ggufs_are_clear_errors() {
+    let tmp = std::env::temp_dir().join(format!("smelt-families-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let bytes = std::fs::read(dir().join("gemma3/model.gguf")).unwrap();
+    let replace = |from: &[u8], to: &[u8]| -> Vec<u8> {
+        let mut out = bytes.clone();
+        let mut i = 0;
+        while let Some(at) = out[i..].windows(from.len()).position(|w| w == from) {
+            out[i + at..i + at + from.len()].copy_from_slice(to);
+            i += at + from.len();
+        }
+        out
+    };
+    let load_err = |name: &str, data: Vec<u8>| -> String {
+        let p = tmp.join(name);
+        std::fs::write(&p, data).unwrap();
+        let spec = ModelSpec::Gguf {
+            model_id: None,
+            file: p.to_string_lossy().into_owned(),
+            tokenizer_json: None,
+        };
+        match smelt::load(&spec, &LoadOptions::default()) {
+            Ok(_) => panic!("{name} loaded"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let e = load_err("arch.gguf", replace(b"gemma3", b"gemmaz"));
+    assert!(e.contains("gemmaz") && e.contains("supported"), "{e}");
+    let e = load_err(
+        "tensor.gguf",
+        replace(b"blk.1.attn_q_norm.weight", b"blk.1.attn_q_nxrm.weight"),
+    );
+    assert!(e.contains("blk.1.attn_q_norm.weight"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Chat templates from tokenizer_config.json and from GGUF metadata render as
+/// transformers renders them; Gemma 2's refusal of a system message is an error carrying
+/// the template's own message, Gemma 3 folds it into the first user turn.
+#[test]
+fn chat_templates_render_as_transformers_does() {
+    let r = reference();
+    for case in cases() {
+        let Some(chats) = r["cases"][&case]["chats"].as_array() else {
+            continue;
+        };
+        let mut specs = vec![("plain", plain(&case))];
+        specs.extend(gguf(&case).map(|g| ("gguf", g)));
+        for (what, spec) in specs {
+            let engine = load(&spec, &LoadOptions::default());
+            for chat in chats {
+                let msgs: Vec<smelt::engine::chat_template::ChatMessage> = chat["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| {
+                        smelt::engine::chat_template::ChatMessage::new(
+                            m["role"].as_str().unwrap(),
+                            m["content"].as_str().unwrap(),
+                        )
+                    })
+                    .collect();
+                match (chat["rendered"].as_str(), engine.render_chat(&msgs)) {
+                    (Some(want), Ok(got)) => assert_eq!(got, want, "{case} {what}"),
+                    (None, Err(e)) => {
+                        let want = chat["error"].as_str().unwrap();
+                        assert!(format!("{e:#}").contains(want), "{case} {what}: {e:#}");
+                    }
+                    (want, got) => panic!("{case} {what}: expected {want:?}, got {got:?}"),
+                }
+            }
+        }
+    }
 }

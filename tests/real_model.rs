@@ -86,14 +86,12 @@ fn plain_and_gguf_agree_on_next_token_logits() {
     let (mut sp, mut sg) = (plain.new_session(), gguf.new_session());
     let mut worst = 0f64;
     for (i, &t) in tokens.iter().enumerate() {
-        let lp = smelt::models::llama::last_logits_vec(
-            &plain.model.forward(&[t], &mut sp.cache, 0).unwrap(),
-        )
-        .unwrap();
-        let lg = smelt::models::llama::last_logits_vec(
-            &gguf.model.forward(&[t], &mut sg.cache, 0).unwrap(),
-        )
-        .unwrap();
+        let lp =
+            smelt::models::last_logits_vec(&plain.model.forward(&[t], &mut sp.cache, 0).unwrap())
+                .unwrap();
+        let lg =
+            smelt::models::last_logits_vec(&gguf.model.forward(&[t], &mut sg.cache, 0).unwrap())
+                .unwrap();
         worst = worst.max(assert_rows_agree(&lp, &lg, 0.1, &format!("position {i}")));
     }
     eprintln!("plain vs gguf: worst KL = {worst:.5}");
@@ -112,10 +110,9 @@ fn prompt_batch_and_token_by_token_agree() {
     let batch: Vec<Vec<f32>> = batch.to_vec2().unwrap();
     let mut s2 = engine.new_session();
     for (i, &t) in tokens.iter().enumerate() {
-        let row = smelt::models::llama::last_logits_vec(
-            &engine.model.forward(&[t], &mut s2.cache, 0).unwrap(),
-        )
-        .unwrap();
+        let row =
+            smelt::models::last_logits_vec(&engine.model.forward(&[t], &mut s2.cache, 0).unwrap())
+                .unwrap();
         assert_rows_agree(&batch[i], &row, 1e-4, &format!("position {i}"));
     }
 }

@@ -55,10 +55,9 @@ fn check(engine: &Engine, case: &str, what: &str) {
     // …and one token at a time through the KV cache.
     let mut s2 = engine.new_session();
     for (i, &t) in tokens.iter().enumerate() {
-        let row = smelt::models::llama::last_logits_vec(
-            &engine.model.forward(&[t], &mut s2.cache, 0).unwrap(),
-        )
-        .unwrap();
+        let row =
+            smelt::models::last_logits_vec(&engine.model.forward(&[t], &mut s2.cache, 0).unwrap())
+                .unwrap();
         for (mode, r) in [("batch", &got[i]), ("decode", &row)] {
             let err = r
                 .iter()

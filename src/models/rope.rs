@@ -114,7 +114,8 @@ impl RopeConfig {
     }
 
     pub fn validate(&self, head_dim: usize) -> Result<()> {
-        if self.rotary_dim == 0 || self.rotary_dim > head_dim || self.rotary_dim % 2 != 0 {
+        if self.rotary_dim == 0 || self.rotary_dim > head_dim || !self.rotary_dim.is_multiple_of(2)
+        {
             bail!(
                 "config: {} rotary dimensions do not fit a head of {head_dim} (partial_rotary_factor)",
                 self.rotary_dim
