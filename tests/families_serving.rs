@@ -7,10 +7,9 @@ mod common;
 
 use common::http;
 use serde_json::json;
-use smelt::engine::scheduler::SchedulerHandle;
 use smelt::engine::Engine;
 use smelt::loaders::{LoadOptions, ModelSpec};
-use smelt::server::{router, ServerConfig};
+use smelt::server::ServerConfig;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
@@ -23,23 +22,7 @@ fn dir(case: &str) -> String {
 }
 
 fn start(engine: Engine) -> SocketAddr {
-    let cfg = ServerConfig::default();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let handle = SchedulerHandle::start(engine, cfg.scheduler.clone()).unwrap();
-            let app = router(handle.clone(), &cfg).unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    common::start_server(engine, ServerConfig::default()).0
 }
 
 fn complete(addr: SocketAddr, prompt: &str) -> String {

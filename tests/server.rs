@@ -11,28 +11,12 @@ use common::*;
 use serde_json::json;
 use smelt::engine::scheduler::{SchedulerConfig, SchedulerHandle, SeqEvent, SeqRequest};
 use smelt::engine::Engine;
-use smelt::server::{router, ServerConfig};
+use smelt::server::ServerConfig;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Starts a server for `engine` on a free loopback port; it lives until the test ends.
 fn start(engine: Engine, cfg: ServerConfig) -> (SocketAddr, SchedulerHandle) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let handle = SchedulerHandle::start(engine, cfg.scheduler.clone()).unwrap();
-            let app = router(handle.clone(), &cfg).unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send((listener.local_addr().unwrap(), handle)).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    start_server(engine, cfg)
 }
 
 fn metric(addr: SocketAddr, name: &str) -> f64 {

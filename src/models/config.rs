@@ -220,6 +220,22 @@ impl HfFields<'_> {
     pub fn opt_bool(&self, key: &str) -> Option<bool> {
         self.get(key).and_then(|v| v.as_bool())
     }
+    /// A list with one entry per layer (`layer_types`, `no_rope_layers`).
+    pub fn per_layer(&self, key: &str, layers: usize) -> Result<Option<&Vec<Value>>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let list = v
+            .as_array()
+            .with_context(|| format!("config.json field `{key}` is not a list"))?;
+        if list.len() != layers {
+            bail!(
+                "config.json `{key}` has {} entries for {layers} layers",
+                list.len()
+            );
+        }
+        Ok(Some(list))
+    }
 }
 
 impl ModelConfig {
@@ -361,30 +377,19 @@ pub fn sliding_layers_from_hf(
     default_pattern: Option<&dyn Fn(usize) -> bool>,
 ) -> Result<Vec<LayerKind>> {
     let window = f.opt_usize("sliding_window")?;
-    let types: Option<Vec<bool>> = match f.get("layer_types") {
+    let types: Option<Vec<bool>> = match f.per_layer("layer_types", layers)? {
         None => None,
-        Some(v) => {
-            let list = v
-                .as_array()
-                .context("config.json field `layer_types` is not a list")?;
-            if list.len() != layers {
-                bail!(
-                    "config.json `layer_types` has {} entries for {layers} layers",
-                    list.len()
-                );
-            }
-            Some(
-                list.iter()
-                    .map(|t| match t.as_str() {
-                        Some("sliding_attention") => Ok(true),
-                        Some("full_attention") => Ok(false),
-                        other => bail!(
-                            "config.json `layer_types` entry {other:?} is not supported (sliding_attention, full_attention)"
-                        ),
-                    })
-                    .collect::<Result<_>>()?,
-            )
-        }
+        Some(list) => Some(
+            list.iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    other => bail!(
+                        "config.json `layer_types` entry {other:?} is not supported (sliding_attention, full_attention)"
+                    ),
+                })
+                .collect::<Result<_>>()?,
+        ),
     };
     let sliding: Vec<bool> = match (types, default_pattern) {
         (Some(t), _) => t,

@@ -4,23 +4,12 @@
 //! GGUF file gets it.
 
 use super::config::{HfFields, LayerRope, ModelConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
     let n = cfg.num_hidden_layers;
-    let uses_rope: Vec<bool> = match f.get("no_rope_layers") {
-        Some(v) => {
-            let list = v
-                .as_array()
-                .context("config.json field `no_rope_layers` is not a list")?;
-            if list.len() != n {
-                bail!(
-                    "config.json `no_rope_layers` has {} entries for {n} layers",
-                    list.len()
-                );
-            }
-            list.iter().map(|x| x.as_u64().unwrap_or(1) != 0).collect()
-        }
+    let uses_rope: Vec<bool> = match f.per_layer("no_rope_layers", n)? {
+        Some(list) => list.iter().map(|x| x.as_u64().unwrap_or(1) != 0).collect(),
         None => {
             let every = f.opt_usize("no_rope_layer_interval")?.unwrap_or(4).max(1);
             (0..n).map(|i| (i + 1) % every != 0).collect()

@@ -62,3 +62,32 @@ pub fn plain_snapshot() -> PathBuf {
         .expect("plain test model missing from the HF cache: run scripts/fetch-test-models.sh");
     file.parent().unwrap().to_path_buf()
 }
+
+/// Starts the HTTP server for `engine` on a free loopback port, on a runtime of its own;
+/// it lives until the test process ends.
+pub fn start_server(
+    engine: Engine,
+    cfg: smelt::server::ServerConfig,
+) -> (
+    std::net::SocketAddr,
+    smelt::engine::scheduler::SchedulerHandle,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let handle =
+                smelt::engine::scheduler::SchedulerHandle::start(engine, cfg.scheduler.clone())
+                    .unwrap();
+            let app = smelt::server::router(handle.clone(), &cfg).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send((listener.local_addr().unwrap(), handle)).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
