@@ -84,6 +84,11 @@ CASES = {
     "mistral": dict(cls="MistralConfig", gguf=False, cfg=dict(
         sliding_window=24, max_position_embeddings=64,
         rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+    # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
+    # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
+    "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
+        hidden_size=48, query_pre_attn_scalar=40, attn_logit_softcapping=6.0, final_logit_softcapping=3.0,
+        sliding_window=24, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh")),
 }
 
 

@@ -163,7 +163,8 @@ fn rope_from_gguf(g: &dyn GgufMeta, head_dim: usize, max_pos: usize) -> Result<R
                 beta_fast: g.num("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
                 beta_slow: g.num("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
                 mscale: None,
-                mscale_all_dim: g.num("rope.scaling.yarn_log_multiplier").map(|m| m / 0.1),
+                // DeepSeek's `yarn_log_multiplier` belongs with its attention (MLA).
+                mscale_all_dim: None,
                 truncate: true,
             }
         }
