@@ -84,6 +84,15 @@ CASES = {
     "mistral": dict(cls="MistralConfig", gguf=False, cfg=dict(
         sliding_window=24, max_position_embeddings=64,
         rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
+    # Mixture of experts: 4 experts, top 2 renormalised (llama.cpp always renormalises).
+    "qwen3_moe": dict(cls="Qwen3MoeConfig", gguf=True, cfg=dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+        decoder_sparse_step=1, mlp_only_layers=[])),
+    # Qwen3-MoE with a dense layer and top-k weights left unnormalised (config.json only:
+    # llama.cpp's qwen3moe has neither).
+    "qwen3_moe_dense": dict(cls="Qwen3MoeConfig", gguf=False, cfg=dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[1])),
     # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
     # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
     "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
@@ -198,9 +207,10 @@ def peaked_weights(model, family, seed):
                 # Gemma scales embeddings by sqrt(hidden) and ties its head to them.
                 std = 4.0 / math.sqrt(p.shape[1]) if gemma else 1.0
                 p.copy_(torch.randn(p.shape, generator=g) * std)
-            elif p.dim() == 2:
+            elif p.dim() >= 2:
+                # Linears, and transformers 5's stacked expert weights (experts, out, in).
                 gain = 5.0 if "lm_head" in name else 1.2
-                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[1])))
+                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[-1])))
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 

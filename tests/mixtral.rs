@@ -247,7 +247,7 @@ fn forward_matches_independent_reference() {
     let dir = write_checkpoint("ref", &w);
     let engine = load(&dir, LoadOptions::default());
     assert_eq!(
-        engine.model.config().moe.map(|m| m.num_experts),
+        engine.model.config().moe.as_ref().map(|m| m.num_experts),
         Some(EXPERTS)
     );
     // 40 tokens: prompt rows past the kernel limit go through the GEMM path, and the

@@ -187,21 +187,23 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         file: g,
         arch: &arch_name,
     };
-    // llama.cpp writes Mixtral as a `llama` model with experts.
+    // llama.cpp writes Mixtral as a `llama` model with experts; other MoE families set
+    // their MoE in their own file.
     let moe = match g.get(&k("expert_count")).and_then(|v| v.as_u64()) {
+        Some(_) if architecture == Architecture::Qwen3Moe => None,
         Some(n) if n > 0 => {
             anyhow::ensure!(
                 matches!(architecture, Architecture::Llama | Architecture::Mixtral),
                 "mixture-of-experts GGUF files are supported for llama/mixtral only, not {arch_name}"
             );
             architecture = Architecture::Mixtral;
-            Some(MoeConfig {
-                num_experts: n as usize,
-                top_k: g
-                    .get(&k("expert_used_count"))
+            Some(MoeConfig::mixtral(
+                n as usize,
+                g.get(&k("expert_used_count"))
                     .and_then(|v| v.as_u64())
                     .map_or(2, |v| v as usize),
-            })
+                meta_usize(g, &k("feed_forward_length"))?,
+            ))
         }
         _ => None,
     };
@@ -257,6 +259,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Architecture::SmolLm3 => models::smollm3::gguf(&mut cfg),
         Architecture::Granite => models::granite::gguf(&am, &mut cfg),
         Architecture::Olmo2 => models::olmo2::gguf(&mut cfg),
+        Architecture::Qwen3Moe => models::qwen3_moe::gguf(&am, &mut cfg)?,
     }
     cfg.validate()?;
     Ok(cfg)
@@ -289,7 +292,7 @@ pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
                 // llama.cpp keeps Phi-3's fused gate and up in ffn_up (gate rows first).
                 "mlp.gate_up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
-                "block_sparse_moe.gate" => "ffn_gate_inp",
+                "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp",
                 "input_layernorm" => "attn_norm",
                 // Before the FFN in Llama; after attention where norms sandwich or follow.
                 "post_attention_layernorm" if norms == NormPlacement::Pre => "ffn_norm",
@@ -304,15 +307,18 @@ pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
 }
 
 /// (layer, llama.cpp FFN kind, expert) of an expert weight,
-/// `model.layers.3.block_sparse_moe.experts.5.w1` → ("3", "gate", 5).
+/// `model.layers.3.block_sparse_moe.experts.5.w1` → ("3", "gate", 5), also
+/// `model.layers.3.mlp.experts.5.gate_proj`.
 fn expert_parts(hf: &str) -> Option<(&str, &'static str, usize)> {
     let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once(".block_sparse_moe.experts.")?;
+    let (layer, rest) = rest
+        .split_once(".block_sparse_moe.experts.")
+        .or_else(|| rest.split_once(".mlp.experts."))?;
     let (e, w) = rest.split_once('.')?;
     let kind = match w {
-        "w1" => "gate",
-        "w3" => "up",
-        "w2" => "down",
+        "w1" | "gate_proj" => "gate",
+        "w3" | "up_proj" => "up",
+        "w2" | "down_proj" => "down",
         _ => return None,
     };
     Some((layer, kind, e.parse().ok()?))

@@ -7,7 +7,7 @@ use super::config::{
     Activation, LayerKind, LayerRope, ModelConfig, NormPlacement, QkNorm, Variant,
 };
 use super::linear_rows::{apply_many, split_rows};
-use super::mixtral::SparseMoe;
+use super::moe::SparseMoe;
 use super::ops::{self, AttnOptions};
 use super::rope::RopeRows;
 use super::{BatchItem, WeightSource};
@@ -311,9 +311,9 @@ impl Block {
             q_norm: qk("q_norm", q_len)?,
             k_norm: qk("k_norm", k_len)?,
         };
-        let ffn = match cfg.moe {
-            None => Ffn::Dense(Mlp::load_dense(src, &p, v)?),
-            Some(moe) => Ffn::Moe(SparseMoe::load(src, &p, moe)?),
+        let ffn = match &cfg.moe {
+            Some(moe) if !cfg.layers[layer].dense_ffn => Ffn::Moe(SparseMoe::load(src, &p, moe)?),
+            _ => Ffn::Dense(Mlp::load_dense(src, &p, v)?),
         };
         let block = Self {
             norms,
@@ -341,7 +341,7 @@ impl Block {
         check("o_proj", &self.attn.o, (h, nq))?;
         match &self.ffn {
             Ffn::Dense(m) => m.check_shapes(h, cfg.intermediate_size, MLP_NAMES),
-            Ffn::Moe(m) => m.check_shapes(h, cfg.intermediate_size),
+            Ffn::Moe(m) => m.check_shapes(h),
         }
     }
 

@@ -23,12 +23,14 @@ pub enum Architecture {
     Olmo2,
     /// The Llama decoder with a sparse mixture-of-experts FFN.
     Mixtral,
+    Qwen3Moe,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
 qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), \
 gemma3_text (Gemma3ForCausalLM; GGUF gemma3), phi3 (Phi3ForCausalLM), smollm3 (SmolLM3ForCausalLM), \
-granite (GraniteForCausalLM), olmo2 (Olmo2ForCausalLM), mixtral (MixtralForCausalLM)";
+granite (GraniteForCausalLM), olmo2 (Olmo2ForCausalLM), mixtral (MixtralForCausalLM), \
+qwen3_moe (Qwen3MoeForCausalLM; GGUF qwen3moe)";
 
 impl Architecture {
     /// From a config.json `model_type` / `architectures` entry or a GGUF
@@ -45,17 +47,34 @@ impl Architecture {
             "granite" | "graniteforcausallm" => Self::Granite,
             "olmo2" | "olmo2forcausallm" => Self::Olmo2,
             "mixtral" | "mixtralforcausallm" => Self::Mixtral,
+            "qwen3_moe" | "qwen3moe" | "qwen3moeforcausallm" => Self::Qwen3Moe,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }
 }
 
 /// A sparse mixture-of-experts FFN: a router picks `top_k` of `num_experts` SwiGLU
-/// experts per token (each `intermediate_size` wide).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// experts per token (each `expert_intermediate` wide), see `models/moe.rs`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
     pub top_k: usize,
+    pub router: super::moe::Router,
+    pub expert_intermediate: usize,
+    pub names: super::moe::MoeNames,
+}
+
+impl MoeConfig {
+    /// Mixtral's: softmax top-k renormalised, `block_sparse_moe.experts.E.w1/w3/w2`.
+    pub fn mixtral(num_experts: usize, top_k: usize, intermediate: usize) -> Self {
+        Self {
+            num_experts,
+            top_k,
+            router: super::moe::Router::SoftmaxTopK { renormalize: true },
+            expert_intermediate: intermediate,
+            names: super::moe::MoeNames::MIXTRAL,
+        }
+    }
 }
 
 /// Where a block's RMSNorms sit.
@@ -144,18 +163,21 @@ pub enum LayerRope {
     None,
 }
 
-/// Per-layer attention settings.
+/// Per-layer settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerKind {
     /// Sliding window: a query sees itself and the `window - 1` tokens before it.
     pub window: Option<usize>,
     pub rope: LayerRope,
+    /// A dense MLP in a mixture-of-experts model (Qwen3-MoE's `mlp_only_layers`).
+    pub dense_ffn: bool,
 }
 
 impl LayerKind {
     pub const GLOBAL: Self = Self {
         window: None,
         rope: LayerRope::Global,
+        dense_ffn: false,
     };
 }
 
@@ -294,11 +316,13 @@ impl ModelConfig {
             Architecture::SmolLm3 => super::smollm3::hf(&f, &mut cfg)?,
             Architecture::Granite => super::granite::hf(&f, &mut cfg)?,
             Architecture::Olmo2 => super::olmo2::hf(&mut cfg),
+            Architecture::Qwen3Moe => super::qwen3_moe::hf(&f, &mut cfg)?,
             Architecture::Mixtral => {
-                cfg.moe = Some(MoeConfig {
-                    num_experts: f.usize("num_local_experts", fam)?,
-                    top_k: f.opt_usize("num_experts_per_tok")?.unwrap_or(2),
-                })
+                cfg.moe = Some(MoeConfig::mixtral(
+                    f.usize("num_local_experts", fam)?,
+                    f.opt_usize("num_experts_per_tok")?.unwrap_or(2),
+                    cfg.intermediate_size,
+                ))
             }
         }
         // Dynamic NTK exists to run past the trained length: allow `factor` times it.
@@ -333,7 +357,7 @@ impl ModelConfig {
         for rope in std::iter::once(&self.rope).chain(&self.local_rope) {
             rope.validate(self.head_dim)?;
         }
-        if let Some(m) = self.moe {
+        if let Some(m) = &self.moe {
             if m.num_experts == 0 || m.top_k == 0 || m.top_k > m.num_experts {
                 bail!(
                     "config: {} experts per token out of {} experts is not a valid MoE",
@@ -405,7 +429,7 @@ pub fn sliding_layers_from_hf(
         .into_iter()
         .map(|s| LayerKind {
             window: if s { window } else { None },
-            rope: LayerRope::Global,
+            ..LayerKind::GLOBAL
         })
         .collect())
 }
@@ -532,7 +556,7 @@ pub fn gguf_swa_layers(
         .into_iter()
         .map(|s| LayerKind {
             window: s.then_some(window),
-            rope: LayerRope::Global,
+            ..LayerKind::GLOBAL
         })
         .collect())
 }

@@ -10,11 +10,13 @@ pub mod granite;
 mod linear_rows;
 pub mod llama;
 pub mod mixtral;
+pub mod moe;
 pub mod olmo2;
 pub mod ops;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
+pub mod qwen3_moe;
 pub mod rope;
 pub mod smollm3;
 

@@ -7,7 +7,7 @@
 //! files carry the factors as `rope_factors_long/short` tensors. llama.cpp disables
 //! Phi-3's sliding window; smelt applies it as transformers does.
 
-use super::config::{GgufMeta, HfFields, LayerKind, LayerRope, ModelConfig};
+use super::config::{GgufMeta, HfFields, LayerKind, ModelConfig};
 use super::rope::RopeScaling;
 use anyhow::{Context, Result};
 
@@ -22,7 +22,7 @@ pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
         cfg.layers = vec![
             LayerKind {
                 window: Some(w as usize),
-                rope: LayerRope::Global,
+                ..LayerKind::GLOBAL
             };
             cfg.num_hidden_layers
         ];
