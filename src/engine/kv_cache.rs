@@ -9,8 +9,9 @@
 //! `window / BLOCK_TOKENS + 2` blocks however long the sequence grows; only global
 //! layers grow with it.
 //!
-//! Within a block the layout is `[k|v][token][kv_heads × head_dim]` in f32, so the keys
-//! of one token are one contiguous row.
+//! Within a block the layout is `[k|v][token][row]` in f32 (rows of kv_heads × head_dim,
+//! or for latent attention one latent row and no value rows), so the keys of one token
+//! are one contiguous row.
 
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -25,7 +26,10 @@ pub const BLOCK_TOKENS: usize = 16;
 pub struct BlockPool {
     /// The sliding window of each layer (None: the layer keeps every token).
     windows: Vec<Option<usize>>,
-    kv_row: usize,
+    /// f32 values per token of a key and of a value (a value row of 0: latent attention
+    /// keeps one row per token).
+    k_row: usize,
+    v_row: usize,
     capacity: usize,
     in_use: AtomicUsize,
     /// Released blocks kept for reuse (allocating 100s of KiB per block is not free).
@@ -46,9 +50,19 @@ impl BlockPool {
     /// A pool of at most `capacity` blocks for a model whose layers have these sliding
     /// windows, with `kv_row = kv_heads × head_dim`.
     pub fn new(windows: Vec<Option<usize>>, kv_row: usize, capacity: usize) -> Arc<Self> {
+        Self::with_rows(windows, (kv_row, kv_row), capacity)
+    }
+
+    /// A pool whose key and value rows differ (`rows = (key, value)`).
+    pub fn with_rows(
+        windows: Vec<Option<usize>>,
+        (k_row, v_row): (usize, usize),
+        capacity: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             windows,
-            kv_row,
+            k_row,
+            v_row,
             capacity,
             in_use: AtomicUsize::new(0),
             free: Mutex::new(Vec::new()),
@@ -68,19 +82,19 @@ impl BlockPool {
     /// A pool holding as many blocks as fit in `bytes`.
     pub fn with_budget_bytes(
         windows: Vec<Option<usize>>,
-        kv_row: usize,
+        rows: (usize, usize),
         bytes: usize,
     ) -> Arc<Self> {
-        let per_block = Self::block_bytes_for(kv_row);
-        Self::new(windows, kv_row, bytes / per_block.max(1))
+        let per_block = Self::block_bytes_for(rows);
+        Self::with_rows(windows, rows, bytes / per_block.max(1))
     }
 
-    pub fn block_bytes_for(kv_row: usize) -> usize {
-        2 * BLOCK_TOKENS * kv_row * std::mem::size_of::<f32>()
+    pub fn block_bytes_for((k_row, v_row): (usize, usize)) -> usize {
+        BLOCK_TOKENS * (k_row + v_row) * std::mem::size_of::<f32>()
     }
 
     pub fn block_bytes(&self) -> usize {
-        Self::block_bytes_for(self.kv_row)
+        Self::block_bytes_for((self.k_row, self.v_row))
     }
 
     pub fn layers(&self) -> usize {
@@ -268,20 +282,31 @@ impl KvCache {
         Ok(())
     }
 
+    /// Where token `tok_in_block`'s key (or value) row starts in a block.
     fn offset(&self, value: bool, tok_in_block: usize) -> usize {
-        (value as usize * BLOCK_TOKENS + tok_in_block) * self.pool.kv_row
+        let p = &self.pool;
+        if value {
+            BLOCK_TOKENS * p.k_row + tok_in_block * p.v_row
+        } else {
+            tok_in_block * p.k_row
+        }
     }
 
-    /// Writes keys and values of `k.len() / kv_row` new tokens (token-major) of `layer`
-    /// at positions `len()..`. Storage must have been [`reserved`](Self::reserve); every
-    /// layer writes the same tokens, then [`KvCache::advance`] moves the length on.
+    fn row_len(&self, value: bool) -> usize {
+        if value {
+            self.pool.v_row
+        } else {
+            self.pool.k_row
+        }
+    }
+
+    /// Writes keys and values of `k.len() / k_row` new tokens (token-major) of `layer`
+    /// at positions `len()..` (`v` is empty for a pool without value rows). Storage must
+    /// have been [`reserved`](Self::reserve); every layer writes the same tokens, then
+    /// [`KvCache::advance`] moves the length on.
     pub fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        let kv_row = self.pool.kv_row;
-        for (i, (kr, vr)) in k
-            .chunks_exact(kv_row)
-            .zip(v.chunks_exact(kv_row))
-            .enumerate()
-        {
+        let (k_row, v_row) = (self.pool.k_row, self.pool.v_row);
+        for i in 0..k.len() / k_row {
             let pos = self.len + i;
             let (ko, vo) = (
                 self.offset(false, pos % BLOCK_TOKENS),
@@ -289,8 +314,8 @@ impl KvCache {
             );
             let l = &mut self.layers[layer];
             let block = &mut l.blocks[pos / BLOCK_TOKENS - l.first];
-            block[ko..ko + kv_row].copy_from_slice(kr);
-            block[vo..vo + kv_row].copy_from_slice(vr);
+            block[ko..ko + k_row].copy_from_slice(&k[i * k_row..(i + 1) * k_row]);
+            block[vo..vo + v_row].copy_from_slice(&v[i * v_row..(i + 1) * v_row]);
         }
     }
 
@@ -345,10 +370,10 @@ impl<'a> KvView<'a> {
 
     #[inline]
     fn row(&self, value: bool, pos: usize) -> &'a [f32] {
-        let kv_row = self.cache.pool.kv_row;
+        let n = self.cache.row_len(value);
         let o = self.cache.offset(value, pos % BLOCK_TOKENS);
         let l = &self.cache.layers[self.layer];
-        &l.blocks[pos / BLOCK_TOKENS - l.first][o..o + kv_row]
+        &l.blocks[pos / BLOCK_TOKENS - l.first][o..o + n]
     }
 
     /// Keys of position `pos` (`kv_heads × head_dim`).
@@ -365,7 +390,7 @@ impl<'a> KvView<'a> {
     /// Keys (or values) of positions `from..len()` as one token-major matrix, for the
     /// GEMM attention of prompts.
     pub fn gather(&self, value: bool, from: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity((self.tokens - from) * self.cache.pool.kv_row);
+        let mut out = Vec::with_capacity((self.tokens - from) * self.cache.row_len(value));
         for pos in from..self.tokens {
             out.extend_from_slice(self.row(value, pos));
         }

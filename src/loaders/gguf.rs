@@ -248,6 +248,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         moe,
         variant: Default::default(),
         layers: vec![LayerKind::GLOBAL; layers],
+        mla: None,
     };
     match architecture {
         Architecture::Llama | Architecture::Mixtral => {}
@@ -497,6 +498,18 @@ impl WeightSource for GgufSource {
     }
     fn dense(&self, name: &str) -> Result<Tensor> {
         self.dense_tensor(&format!("{}.weight", gguf_name(name, self.norms)?), None)
+    }
+    fn dense_raw(&self, name: &str) -> Result<Tensor> {
+        let gguf = match name.rsplit_once('.') {
+            // DeepSeek V3's router bias: llama.cpp's `exp_probs_b.bias`.
+            Some((module, "e_score_correction_bias")) => format!(
+                "{}.bias",
+                gguf_name(module, self.norms)?.replace("ffn_gate_inp", "exp_probs_b")
+            ),
+            Some((module, suffix)) => format!("{}.{suffix}", gguf_name(module, self.norms)?),
+            None => bail!("no GGUF name for {name}"),
+        };
+        self.dense_tensor(&gguf, None)
     }
     fn embedding(&self, _name: &str) -> Result<Embedding> {
         let q = self.embed_qtensor()?;

@@ -248,6 +248,9 @@ impl WeightSource for SafetensorsSource {
     fn dense(&self, name: &str) -> Result<Tensor> {
         self.load(&format!("{name}.weight"), DType::F32)
     }
+    fn dense_raw(&self, name: &str) -> Result<Tensor> {
+        self.load(name, DType::F32)
+    }
     fn embedding(&self, name: &str) -> Result<Embedding> {
         Ok(Embedding::Dense(self.embed_tensor(name)?))
     }

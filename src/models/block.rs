@@ -3,33 +3,18 @@
 //! gated FFN or a sparse MoE. What differs per family comes from [`Variant`] and
 //! [`LayerKind`]; the arithmetic lives here once.
 
-use super::config::{
-    Activation, LayerKind, LayerRope, ModelConfig, NormPlacement, QkNorm, Variant,
-};
-use super::linear_rows::{apply_many, split_rows};
+use super::attention::Attention;
+use super::config::{Activation, LayerKind, ModelConfig, NormPlacement, Variant};
+use super::linear_rows::apply_many;
+use super::mla::LatentAttention;
 use super::moe::SparseMoe;
 use super::ops::{self, AttnOptions};
 use super::rope::RopeRows;
 use super::{BatchItem, WeightSource};
 use crate::quant::QuantLinear;
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::Arc;
-
-/// The q/k/v projections: three linears, or one fused `qkv_proj` (Phi-3) whose output
-/// rows are q, then k, then v.
-pub(super) enum Qkv {
-    Split([Arc<dyn QuantLinear>; 3]),
-    Fused(Arc<dyn QuantLinear>),
-}
-
-pub(super) struct Attention {
-    qkv: Qkv,
-    o: Arc<dyn QuantLinear>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-}
 
 /// The gate and up projections: two linears, or one fused `gate_up_proj` (Phi-3) whose
 /// output rows are gate, then up.
@@ -54,8 +39,6 @@ pub(super) enum Ffn {
 /// Names (within a layer) of the dense MLP's gate, up and down projections.
 pub(super) const MLP_NAMES: [&str; 3] = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 const GATE_UP_NAME: &str = "mlp.gate_up_proj";
-const QKV_NAMES: [&str; 3] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"];
-const QKV_FUSED_NAME: &str = "self_attn.qkv_proj";
 
 /// The four places a norm can sit; each family fills the ones it has.
 #[derive(Default)]
@@ -91,9 +74,27 @@ pub fn norm_names(p: NormPlacement) -> [Option<&'static str>; 4] {
     }
 }
 
+/// A layer's attention: grouped-query, or latent (DeepSeek).
+enum AttnKind {
+    Gqa(Attention),
+    Latent(LatentAttention),
+}
+
+/// The arithmetic options of a layer's attention.
+pub(super) fn attn_options(cfg: &ModelConfig, kind: LayerKind) -> AttnOptions {
+    AttnOptions {
+        scale: cfg
+            .variant
+            .attn_scale
+            .unwrap_or(1.0 / (cfg.head_dim as f32).sqrt()),
+        softcap: cfg.variant.attn_softcap,
+        window: kind.window,
+    }
+}
+
 pub(super) struct Block {
     norms: Norms,
-    attn: Attention,
+    attn: AttnKind,
     pub(super) ffn: Ffn,
     kind: LayerKind,
 }
@@ -273,7 +274,7 @@ impl Block {
     pub(super) fn load(src: &dyn WeightSource, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let v = &cfg.variant;
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let h = cfg.hidden_size;
         let norm = |n: Option<&str>| -> Result<Option<Vec<f32>>> {
             n.map(|n| norm_weight(src, &format!("{p}.{n}"), h, v.norm_offset))
                 .transpose()
@@ -285,31 +286,9 @@ impl Block {
             ffn_in: norm(fi)?,
             ffn_out: norm(fo)?,
         };
-        let lin = |n: &str, bias: bool| src.linear(&format!("{p}.{n}"), bias);
-        let qkv = if v.fused_qkv {
-            Qkv::Fused(lin(QKV_FUSED_NAME, cfg.qkv_bias)?)
-        } else {
-            Qkv::Split([
-                lin(QKV_NAMES[0], cfg.qkv_bias)?,
-                lin(QKV_NAMES[1], cfg.qkv_bias)?,
-                lin(QKV_NAMES[2], cfg.qkv_bias)?,
-            ])
-        };
-        let (q_len, k_len) = match v.qk_norm {
-            QkNorm::None => (0, 0),
-            QkNorm::PerHead => (hd, hd),
-            QkNorm::Whole => (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd),
-        };
-        let qk = |n: &str, len: usize| -> Result<Option<Vec<f32>>> {
-            (v.qk_norm != QkNorm::None)
-                .then(|| norm_weight(src, &format!("{p}.self_attn.{n}"), len, v.norm_offset))
-                .transpose()
-        };
-        let attn = Attention {
-            qkv,
-            o: lin("self_attn.o_proj", false)?,
-            q_norm: qk("q_norm", q_len)?,
-            k_norm: qk("k_norm", k_len)?,
+        let attn = match &cfg.mla {
+            Some(m) => AttnKind::Latent(LatentAttention::load(src, cfg, m, &p)?),
+            None => AttnKind::Gqa(Attention::load(src, cfg, &p)?),
         };
         let ffn = match &cfg.moe {
             Some(moe) if !cfg.layers[layer].dense_ffn => Ffn::Moe(SparseMoe::load(src, &p, moe)?),
@@ -328,17 +307,10 @@ impl Block {
     }
 
     fn check_shapes(&self, cfg: &ModelConfig) -> Result<()> {
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nq, nkv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
-        match &self.attn.qkv {
-            Qkv::Split([q, k, v]) => {
-                check("q_proj", q, (nq, h))?;
-                check("k_proj", k, (nkv, h))?;
-                check("v_proj", v, (nkv, h))?;
-            }
-            Qkv::Fused(l) => check("qkv_proj", l, (nq + 2 * nkv, h))?,
+        let h = cfg.hidden_size;
+        if let AttnKind::Gqa(a) = &self.attn {
+            a.check_shapes(cfg)?;
         }
-        check("o_proj", &self.attn.o, (h, nq))?;
         match &self.ffn {
             Ffn::Dense(m) => m.check_shapes(h, cfg.intermediate_size, MLP_NAMES),
             Ffn::Moe(m) => m.check_shapes(h),
@@ -348,18 +320,15 @@ impl Block {
     /// Bytes of the norm weights.
     pub(super) fn norm_bytes(&self) -> usize {
         let n = &self.norms;
-        [
-            &n.attn_in,
-            &n.attn_out,
-            &n.ffn_in,
-            &n.ffn_out,
-            &self.attn.q_norm,
-            &self.attn.k_norm,
-        ]
-        .iter()
-        .filter_map(|w| w.as_ref())
-        .map(|w| 4 * w.len())
-        .sum()
+        let own: usize = [&n.attn_in, &n.attn_out, &n.ffn_in, &n.ffn_out]
+            .iter()
+            .filter_map(|w| w.as_ref())
+            .map(|w| 4 * w.len())
+            .sum();
+        own + match &self.attn {
+            AttnKind::Gqa(a) => a.norm_bytes(),
+            AttnKind::Latent(a) => a.norm_bytes(),
+        }
     }
 
     /// Attention's linears, then the FFN's.
@@ -370,37 +339,31 @@ impl Block {
     }
 
     pub(super) fn attn_linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
-        let a = &self.attn;
-        let mut v: Vec<&Arc<dyn QuantLinear>> = match &a.qkv {
-            Qkv::Split(l) => l.iter().collect(),
-            Qkv::Fused(l) => vec![l],
-        };
-        v.push(&a.o);
-        v
+        match &self.attn {
+            AttnKind::Gqa(a) => a.linears(),
+            AttnKind::Latent(a) => a.linears(),
+        }
     }
 
     pub(super) fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
-        let a = &mut self.attn;
-        let mut v: Vec<&mut Arc<dyn QuantLinear>> = match &mut a.qkv {
-            Qkv::Split(l) => l.iter_mut().collect(),
-            Qkv::Fused(l) => vec![l],
+        let mut v = match &mut self.attn {
+            AttnKind::Gqa(a) => a.linears_mut(),
+            AttnKind::Latent(a) => a.linears_mut(),
         };
-        v.push(&mut a.o);
         v.extend(self.ffn.linears_mut());
         v
     }
 
     /// (name within the layer, has bias) of each linear, in `linears` order.
     pub(super) fn linear_specs(&self, cfg: &ModelConfig) -> Vec<(String, bool)> {
-        let qkv: Vec<&str> = match &self.attn.qkv {
-            Qkv::Split(_) => QKV_NAMES.to_vec(),
-            Qkv::Fused(_) => vec![QKV_FUSED_NAME],
+        let mut v: Vec<(String, bool)> = match &self.attn {
+            AttnKind::Gqa(a) => a.linear_specs(cfg),
+            AttnKind::Latent(a) => a
+                .linear_names()
+                .into_iter()
+                .map(|n| (n.to_string(), false))
+                .collect(),
         };
-        let mut v: Vec<(String, bool)> = qkv
-            .into_iter()
-            .map(|n| (n.to_string(), cfg.qkv_bias))
-            .collect();
-        v.push(("self_attn.o_proj".to_string(), false));
         v.extend(self.ffn.linear_names().into_iter().map(|n| (n, false)));
         v
     }
@@ -421,7 +384,16 @@ impl Block {
             None => x.to_vec(),
         };
         let h = norm(x, &self.norms.attn_in);
-        let h = self.attn.forward(h, batch, cfg, self.kind, layer)?;
+        let h = match &self.attn {
+            AttnKind::Gqa(a) => a.forward(h, batch, cfg, self.kind, layer)?,
+            AttnKind::Latent(a) => {
+                let m = cfg
+                    .mla
+                    .as_ref()
+                    .expect("latent attention has an MLA config");
+                a.forward(h, batch, cfg, m, attn_options(cfg, self.kind), layer)?
+            }
+        };
         let h = match &self.norms.attn_out {
             Some(w) => ops::rms_norm(&h, w, eps),
             None => h,
@@ -435,132 +407,5 @@ impl Block {
         };
         ops::add_scaled_in_place(x, &h, scale);
         Ok(())
-    }
-}
-
-/// One sequence's query, key and value rows.
-type QkvRows<'b> = ((&'b mut [f32], &'b mut [f32]), &'b mut [f32]);
-
-impl Attention {
-    fn project(
-        &self,
-        x: Vec<f32>,
-        groups: &[Range<usize>],
-        cfg: &ModelConfig,
-    ) -> Result<[Vec<f32>; 3]> {
-        match &self.qkv {
-            Qkv::Split([q, k, v]) => {
-                Ok(
-                    apply_many(&[q.as_ref(), k.as_ref(), v.as_ref()], x, groups)?
-                        .try_into()
-                        .expect("three linears in, three out"),
-                )
-            }
-            Qkv::Fused(l) => {
-                let y = apply_many(&[l.as_ref()], x, groups)?
-                    .pop()
-                    .expect("one out");
-                let nq = cfg.num_attention_heads * cfg.head_dim;
-                let nkv = cfg.num_key_value_heads * cfg.head_dim;
-                let rows = y.len() / (nq + 2 * nkv);
-                let (mut q, mut k, mut v) = (
-                    Vec::with_capacity(rows * nq),
-                    Vec::with_capacity(rows * nkv),
-                    Vec::with_capacity(rows * nkv),
-                );
-                for r in y.chunks_exact(nq + 2 * nkv) {
-                    q.extend_from_slice(&r[..nq]);
-                    k.extend_from_slice(&r[nq..nq + nkv]);
-                    v.extend_from_slice(&r[nq + nkv..]);
-                }
-                Ok([q, k, v])
-            }
-        }
-    }
-
-    fn forward(
-        &self,
-        x: Vec<f32>,
-        batch: &mut Batch,
-        cfg: &ModelConfig,
-        kind: LayerKind,
-        layer: usize,
-    ) -> Result<Vec<f32>> {
-        let (nh, nkv, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        let groups = &batch.groups;
-        let [mut q, mut k, mut v] = self.project(x, groups, cfg)?;
-        let eps = cfg.rms_norm_eps as f32;
-        if let Some(w) = &self.q_norm {
-            q = ops::rms_norm(&q, w, eps);
-        }
-        if let Some(w) = &self.k_norm {
-            k = ops::rms_norm(&k, w, eps);
-        }
-        let shape = ops::Heads {
-            heads: nh,
-            kv_heads: nkv,
-            head_dim: hd,
-        };
-        let opts = AttnOptions {
-            scale: cfg.variant.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt()),
-            softcap: cfg.variant.attn_softcap,
-            window: kind.window,
-        };
-        let rope_slot = match kind.rope {
-            LayerRope::Global => Some(0),
-            LayerRope::Local => Some(1),
-            LayerRope::None => None,
-        };
-        // Each sequence attends to its own cache; sequences run in parallel.
-        let per_item = |((item, ropes), ((q, k), v)): (
-            (&mut &mut BatchItem, &[Option<RopeRows>; 2]),
-            QkvRows,
-        )| {
-            let t = q.len() / (nh * hd);
-            let offset = item.cache.len();
-            if let Some(rows) = rope_slot.and_then(|s| ropes[s].as_ref()) {
-                ops::rope_in_place(q, nh, hd, offset, rows);
-                ops::rope_in_place(k, nkv, hd, offset, rows);
-            }
-            item.cache.write(layer, k, v);
-            ops::attention(
-                q,
-                item.cache.view(layer, offset + t),
-                t,
-                offset,
-                shape,
-                opts,
-            )
-        };
-        // Spread sequences over threads only when there is real attention work: for
-        // decode steps (one query over a short cache each) waking the pool costs more.
-        let work: usize = batch
-            .items
-            .iter()
-            .zip(&batch.lens)
-            .map(|(it, &t)| t * (it.cache.len() + t))
-            .sum();
-        let many = batch.items.len() > 1 && work * nh > 1 << 16;
-        let parts = batch.items.iter_mut().zip(batch.ropes.iter()).zip(
-            split_rows(&mut q, &batch.lens, nh * hd)
-                .into_iter()
-                .zip(split_rows(&mut k, &batch.lens, nkv * hd))
-                .zip(split_rows(&mut v, &batch.lens, nkv * hd)),
-        );
-        let outs: Vec<Vec<f32>> = if many {
-            parts
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(per_item)
-                .collect()
-        } else {
-            parts.map(per_item).collect()
-        };
-        apply_many(&[self.o.as_ref()], outs.concat(), groups)
-            .map(|mut v| v.pop().expect("one linear in, one out"))
     }
 }

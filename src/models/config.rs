@@ -61,6 +61,10 @@ pub struct MoeConfig {
     pub top_k: usize,
     pub router: super::moe::Router,
     pub expert_intermediate: usize,
+    /// Width of the shared experts every token runs (DeepSeek), if any.
+    pub shared_intermediate: Option<usize>,
+    /// Multiplies the routed experts' weights (DeepSeek's `routed_scaling_factor`).
+    pub routed_scale: f32,
     pub names: super::moe::MoeNames,
 }
 
@@ -72,6 +76,8 @@ impl MoeConfig {
             top_k,
             router: super::moe::Router::SoftmaxTopK { renormalize: true },
             expert_intermediate: intermediate,
+            shared_intermediate: None,
+            routed_scale: 1.0,
             names: super::moe::MoeNames::MIXTRAL,
         }
     }
@@ -181,6 +187,23 @@ impl LayerKind {
     };
 }
 
+/// Multi-head latent attention (DeepSeek V2/V3): queries through an optional low-rank
+/// `q_a_proj → q_a_layernorm → q_b_proj` (or one `q_proj`); keys and values from a
+/// `kv_lora_rank` latent (`kv_a_proj_with_mqa → kv_a_layernorm`, expanded per head by
+/// `kv_b_proj`) plus one roped key part of `qk_rope_head_dim` shared by all heads. The
+/// cache keeps the latent and the roped part per token, not full keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaConfig {
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// The rope dimensions come as interleaved pairs (x0, x1), (x2, x3), … (DeepSeek's
+    /// checkpoints); false: rotate-half halves.
+    pub rope_interleave: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub architecture: Architecture,
@@ -205,6 +228,9 @@ pub struct ModelConfig {
     pub variant: Variant,
     /// One entry per layer.
     pub layers: Vec<LayerKind>,
+    /// Latent attention instead of GQA (DeepSeek); `head_dim` is then the q/k head
+    /// (`qk_nope_head_dim + qk_rope_head_dim`).
+    pub mla: Option<MlaConfig>,
 }
 
 /// Typed reads of config.json fields, with errors that name the field.
@@ -301,6 +327,7 @@ impl ModelConfig {
             moe: None,
             variant: Variant::default(),
             layers: vec![LayerKind::GLOBAL; layers],
+            mla: None,
         };
         // Mistral, Qwen2/3, Phi-3, SmolLM3: a window on every layer, or on the layers
         // `layer_types` / `use_sliding_window` name. Families with their own pattern
@@ -388,6 +415,24 @@ impl ModelConfig {
     /// Whether any layer keeps only a window of the cache.
     pub fn windows(&self) -> Vec<Option<usize>> {
         self.layers.iter().map(|l| l.window).collect()
+    }
+
+    /// f32 values one token keeps in one layer's cache: (key row, value row). Latent
+    /// attention keeps the latent and the roped key part as its one row.
+    pub fn kv_rows(&self) -> (usize, usize) {
+        match &self.mla {
+            Some(m) => (m.kv_lora_rank + m.qk_rope_head_dim, 0),
+            None => {
+                let row = self.num_key_value_heads * self.head_dim;
+                (row, row)
+            }
+        }
+    }
+
+    /// KV cache bytes per token, all layers.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (k, v) = self.kv_rows();
+        self.num_hidden_layers * (k + v) * std::mem::size_of::<f32>()
     }
 }
 

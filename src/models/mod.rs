@@ -1,6 +1,7 @@
 //! Model architectures, each written only against [`WeightSource`] and
 //! [`crate::quant::QuantLinear`], so every loader and every quantization serves every model.
 
+mod attention;
 mod block;
 pub mod config;
 pub mod decoder;
@@ -10,6 +11,7 @@ pub mod granite;
 mod linear_rows;
 pub mod llama;
 pub mod mixtral;
+mod mla;
 pub mod moe;
 pub mod olmo2;
 pub mod ops;
@@ -18,6 +20,7 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod qwen3_moe;
 pub mod rope;
+mod routing;
 pub mod smollm3;
 
 use crate::engine::kv_cache::{BlockPool, KvCache};
@@ -51,6 +54,9 @@ pub trait WeightSource: Send + Sync {
     fn re_isq_type(&self, name: &str, ty: Option<IsqType>) -> Option<IsqType>;
     /// A small dense tensor (norm weights) as f32.
     fn dense(&self, name: &str) -> Result<Tensor>;
+    /// A small dense tensor by its full Hugging Face name, suffix included
+    /// (`model.layers.3.mlp.gate.e_score_correction_bias`), as f32.
+    fn dense_raw(&self, name: &str) -> Result<Tensor>;
     fn embedding(&self, name: &str) -> Result<Embedding>;
     /// The output head. `tied` names the embedding it shares storage with.
     fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>>;
@@ -120,17 +126,13 @@ pub trait CausalLm: Send + Sync {
     /// A KV block pool for this model holding at most `budget_bytes`.
     fn block_pool(&self, budget_bytes: usize) -> Arc<BlockPool> {
         let c = self.config();
-        BlockPool::with_budget_bytes(
-            c.windows(),
-            c.num_key_value_heads * c.head_dim,
-            budget_bytes,
-        )
+        BlockPool::with_budget_bytes(c.windows(), c.kv_rows(), budget_bytes)
     }
     /// A cache on a pool of its own without a budget (single-sequence use).
     fn new_cache(&self) -> KvCache {
         let c = self.config();
         KvCache::new(
-            BlockPool::unbounded(c.windows(), c.num_key_value_heads * c.head_dim),
+            BlockPool::with_rows(c.windows(), c.kv_rows(), usize::MAX),
             c.max_position_embeddings,
         )
     }

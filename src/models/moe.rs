@@ -7,19 +7,15 @@
 use super::block::Mlp;
 use super::config::MoeConfig;
 use super::linear_rows::apply;
+use super::ops;
+use super::routing::route;
 use super::WeightSource;
 use crate::quant::QuantLinear;
 use anyhow::{Context, Result};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// How a router turns its logits into (expert, weight) pairs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Router {
-    /// Softmax over all experts, the `top_k` most probable, renormalised to sum to one
-    /// when `renormalize` (Mixtral always; Qwen3-MoE's `norm_topk_prob`).
-    SoftmaxTopK { renormalize: bool },
-}
+pub use super::routing::Router;
 
 /// Hugging Face names of an MoE block within a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +40,10 @@ impl MoeNames {
 pub(super) struct SparseMoe {
     router: Arc<dyn QuantLinear>,
     experts: Vec<Mlp>,
+    /// Experts every token runs, added unweighted (DeepSeek's `shared_experts`).
+    shared: Option<Mlp>,
+    /// DeepSeek V3's `e_score_correction_bias`.
+    bias: Option<Vec<f32>>,
     cfg: MoeConfig,
 }
 
@@ -55,9 +55,29 @@ impl SparseMoe {
         let experts = (0..cfg.num_experts)
             .map(|e| Mlp::load(src, &format!("{p}.{}.experts.{e}", n.prefix), n.expert))
             .collect::<Result<Vec<_>>>()?;
+        let shared = cfg
+            .shared_intermediate
+            .map(|_| Mlp::load(src, &format!("{p}.{}.shared_experts", n.prefix), n.expert))
+            .transpose()?;
+        let bias = match cfg.router {
+            Router::DeepSeekV3 { .. } => {
+                let name = format!("{p}.{}.gate.e_score_correction_bias", n.prefix);
+                let b: Vec<f32> = src.dense_raw(&name)?.flatten_all()?.to_vec1()?;
+                anyhow::ensure!(
+                    b.len() == cfg.num_experts,
+                    "{name} has {} entries for {} experts",
+                    b.len(),
+                    cfg.num_experts
+                );
+                Some(b)
+            }
+            _ => None,
+        };
         Ok(Self {
             router,
             experts,
+            shared,
+            bias,
             cfg: cfg.clone(),
         })
     }
@@ -74,19 +94,33 @@ impl SparseMoe {
             m.check_shapes(hidden, self.cfg.expert_intermediate, self.cfg.names.expert)
                 .with_context(|| format!("expert {e}"))?;
         }
+        if let (Some(m), Some(inter)) = (&self.shared, self.cfg.shared_intermediate) {
+            m.check_shapes(hidden, inter, self.cfg.names.expert)
+                .context("shared experts")?;
+        }
         Ok(())
     }
 
-    /// The router, then each expert's w1, w3, w2.
+    /// The router, each expert's gate, up, down, then the shared experts'.
     pub(super) fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
         let mut v = vec![&self.router];
-        v.extend(self.experts.iter().flat_map(|m| m.linears()));
+        v.extend(
+            self.experts
+                .iter()
+                .chain(&self.shared)
+                .flat_map(|m| m.linears()),
+        );
         v
     }
 
     pub(super) fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
         let mut v = vec![&mut self.router];
-        v.extend(self.experts.iter_mut().flat_map(|m| m.linears_mut()));
+        v.extend(
+            self.experts
+                .iter_mut()
+                .chain(self.shared.as_mut())
+                .flat_map(|m| m.linears_mut()),
+        );
         v
     }
 
@@ -101,6 +135,13 @@ impl SparseMoe {
                     .map(|w| format!("{}.experts.{e}.{w}", n.prefix)),
             );
         }
+        if self.shared.is_some() {
+            v.extend(
+                n.expert
+                    .iter()
+                    .map(|w| format!("{}.shared_experts.{w}", n.prefix)),
+            );
+        }
         v
     }
 
@@ -113,7 +154,13 @@ impl SparseMoe {
             .flat_map(|m| m.linears())
             .map(|l| l.size_in_bytes())
             .sum();
-        self.router.size_in_bytes() + experts * self.cfg.top_k / self.experts.len().max(1)
+        let shared: usize = self
+            .shared
+            .iter()
+            .flat_map(|m| m.linears())
+            .map(|l| l.size_in_bytes())
+            .sum();
+        self.router.size_in_bytes() + experts * self.cfg.top_k / self.experts.len().max(1) + shared
     }
 
     /// Token-major rows `x` (hidden wide) → the MoE output, same shape. Within each row
@@ -130,7 +177,9 @@ impl SparseMoe {
         for g in groups {
             routed.iter_mut().for_each(Vec::clear);
             for r in g.clone() {
-                for (e, w) in route(&logits[r * n..(r + 1) * n], &self.cfg) {
+                let c = &self.cfg;
+                let l = &logits[r * n..(r + 1) * n];
+                for (e, w) in route(l, c.router, c.top_k, self.bias.as_deref(), c.routed_scale) {
                     routed[e].push((r, w));
                 }
             }
@@ -150,59 +199,9 @@ impl SparseMoe {
                 }
             }
         }
+        if let Some(shared) = &self.shared {
+            ops::add_in_place(&mut out, &shared.forward(x, groups)?);
+        }
         Ok(out)
-    }
-}
-
-/// The routing of one token: (expert, weight) pairs, most probable first.
-pub fn route(logits: &[f32], cfg: &MoeConfig) -> Vec<(usize, f32)> {
-    match cfg.router {
-        Router::SoftmaxTopK { renormalize } => softmax_top_k(logits, cfg.top_k, renormalize),
-    }
-}
-
-/// Softmax over the router logits, the `top_k` most probable experts (ties to the lower
-/// index), their probabilities renormalised to sum to one when asked.
-pub fn softmax_top_k(logits: &[f32], top_k: usize, renormalize: bool) -> Vec<(usize, f32)> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
-    let total: f32 = exp.iter().sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    // A stable sort keeps equal probabilities in expert order.
-    order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]));
-    order.truncate(top_k);
-    // Dividing by the kept mass renormalises; the softmax's own denominator cancels.
-    let kept: f32 = if renormalize {
-        order.iter().map(|&e| exp[e] / total).sum()
-    } else {
-        1.0
-    };
-    order
-        .into_iter()
-        .map(|e| (e, exp[e] / total / kept))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::softmax_top_k;
-
-    fn route(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-        softmax_top_k(logits, k, true)
-    }
-
-    #[test]
-    fn routes_to_top_k_renormalised() {
-        let r = softmax_top_k(&[0.0, 0.0], 1, false);
-        assert!((r[0].1 - 0.5).abs() < 1e-6);
-        let r = route(&[0.0, 2.0, 1.0, 2.0], 2);
-        assert_eq!(r.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 3]);
-        assert!((r[0].1 - 0.5).abs() < 1e-6 && (r[1].1 - 0.5).abs() < 1e-6);
-        let r = route(&[1.0, 0.0, 3.0], 2);
-        let (a, b) = (3f32.exp(), 1f32.exp());
-        assert_eq!(r[0].0, 2);
-        assert!((r[0].1 - a / (a + b)).abs() < 1e-6);
-        assert!((r.iter().map(|p| p.1).sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(route(&[5.0, 1.0], 1), vec![(0, 1.0)]);
     }
 }

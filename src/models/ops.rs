@@ -263,6 +263,22 @@ fn attention_gemm(
     Ok(out)
 }
 
+/// Attention over keys and values held as token-major slices of positions
+/// `lo..offset + t` (latent attention expands them per pass), through the GEMM path.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_slices(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    offset: usize,
+    lo: usize,
+    shape: Heads,
+    opts: AttnOptions,
+) -> anyhow::Result<Vec<f32>> {
+    Ok(attention_gemm(q, k, v, t, offset, lo, shape, opts)?)
+}
+
 /// Queries per chunk of prompt attention.
 const QUERY_CHUNK: usize = 128;
 

@@ -24,6 +24,8 @@ pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
             renormalize: f.opt_bool("norm_topk_prob").unwrap_or(false),
         },
         expert_intermediate: f.usize("moe_intermediate_size", fam)?,
+        shared_intermediate: None,
+        routed_scale: 1.0,
         names: MoeNames::MLP,
     });
     let step = f.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
@@ -57,6 +59,8 @@ pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
             renormalize: g.num("expert_weights_norm").is_none_or(|v| v != 0.0),
         },
         expert_intermediate: n("expert_feed_forward_length")?,
+        shared_intermediate: None,
+        routed_scale: 1.0,
         names: MoeNames::MLP,
     });
     Ok(())

@@ -387,10 +387,14 @@ impl UqffSource {
 
     /// `{name}.weight` from the residual file, if it holds it.
     fn residual_tensor(&self, name: &str) -> Result<Option<Tensor>> {
-        let key = format!("{name}.weight");
+        self.residual_raw(&format!("{name}.weight"))
+    }
+
+    /// Tensor `key` (full name) of the residual file, if it has it.
+    fn residual_raw(&self, key: &str) -> Result<Option<Tensor>> {
         match &self.residual {
-            Some(r) if r.contains(&key) => Ok(Some(
-                r.load(&key)
+            Some(r) if r.contains(key) => Ok(Some(
+                r.load(key)
                     .with_context(|| format!("{key} in the UQFF residual"))?
                     .to_device(self.inner.device())?,
             )),
@@ -614,6 +618,12 @@ impl WeightSource for UqffSource {
         match self.residual_tensor(name)? {
             Some(t) => Ok(t),
             None => self.inner.dense(name),
+        }
+    }
+    fn dense_raw(&self, name: &str) -> Result<Tensor> {
+        match self.residual_raw(name)? {
+            Some(t) => Ok(t),
+            None => self.inner.dense_raw(name),
         }
     }
     fn embedding(&self, name: &str) -> Result<Embedding> {

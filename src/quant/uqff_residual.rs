@@ -106,6 +106,11 @@ impl WeightSource for RecordingSource {
         self.rec.tensor(format!("{name}.weight"), &t);
         Ok(t)
     }
+    fn dense_raw(&self, name: &str) -> Result<Tensor> {
+        let t = self.inner.dense_raw(name)?;
+        self.rec.tensor(name.to_string(), &t);
+        Ok(t)
+    }
     fn embedding(&self, name: &str) -> Result<Embedding> {
         let e = self.inner.embedding(name)?;
         match &e {
