@@ -93,6 +93,25 @@ CASES = {
     "qwen3_moe_dense": dict(cls="Qwen3MoeConfig", gguf=False, cfg=dict(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False,
         decoder_sparse_step=1, mlp_only_layers=[1])),
+    # Latent attention without a q bottleneck, v_head_dim != q/k head, YaRN with mscale,
+    # shared expert, a dense first layer, group-limited greedy routing.
+    "deepseek_v2": dict(cls="DeepseekV2Config", gguf=False, cfg=dict(
+        head_dim=None, q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+        v_head_dim=12, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        n_shared_experts=1, first_k_dense_replace=1, topk_method="group_limited_greedy", n_group=2,
+        topk_group=1, routed_scaling_factor=1.5, num_key_value_heads=4,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64, "mscale": 0.707, "mscale_all_dim": 0.707,
+                         "beta_fast": 32, "beta_slow": 1})),
+    # V3: q bottleneck, sigmoid routing with a correction bias, two groups of experts.
+    "deepseek_v3": dict(cls="DeepseekV3Config", gguf=False, cfg=dict(
+        head_dim=None, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+        v_head_dim=12, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        n_shared_experts=1, first_k_dense_replace=1, n_group=2, topk_group=1, norm_topk_prob=True,
+        routed_scaling_factor=2.5, num_key_value_heads=4,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 1.0,
+                         "beta_fast": 32, "beta_slow": 1})),
     # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
     # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
     "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
@@ -213,6 +232,10 @@ def peaked_weights(model, family, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[-1])))
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
+        # DeepSeek V3's router bias is a buffer: give it values that change choices.
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.3 * torch.randn(b.shape, generator=g))
 
 
 def convert(directory, outfile):

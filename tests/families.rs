@@ -509,7 +509,9 @@ fn chat_templates_render_as_transformers_does() {
 /// kind, and moqe on a dense family is an error.
 #[test]
 fn moqe_and_expert_topology_on_moe_families() {
-    for case in ["qwen3_moe", "qwen3_moe_dense"] {
+    // Shared experts (DeepSeek) are not experts here: every token runs them, as it runs
+    // attention, so moqe keeps them at the load dtype with the rest.
+    for case in ["qwen3_moe", "qwen3_moe_dense", "deepseek_v2", "deepseek_v3"] {
         let opts = LoadOptions {
             isq: Some("Q8_0".parse().unwrap()),
             organization: smelt::quant::IsqOrganization::Moqe,
@@ -552,4 +554,38 @@ fn moqe_and_expert_topology_on_moe_families() {
         .err()
         .expect("moqe on a dense model");
     assert!(format!("{e:#}").contains("moqe"), "{e:#}");
+}
+
+/// Latent attention caches one row per token and layer — the normalised latent and the
+/// roped key part — instead of full keys and values; the load log says how many bytes.
+#[test]
+fn latent_attention_caches_the_latent_only() {
+    for case in ["deepseek_v2", "deepseek_v3"] {
+        let engine = load(&plain(case), &LoadOptions::default());
+        let c = engine.model.config().clone();
+        let m = c.mla.unwrap();
+        let row = m.kv_lora_rank + m.qk_rope_head_dim;
+        assert_eq!(c.kv_bytes_per_token(), c.num_hidden_layers * row * 4);
+        let full = c.num_hidden_layers * 2 * c.num_attention_heads * c.head_dim * 4;
+        assert!(
+            c.kv_bytes_per_token() * 3 < full,
+            "{case}: latent cache not smaller"
+        );
+        let (tokens, _) = expected(case);
+        let mut s = engine.new_session();
+        engine.model.forward(&tokens, &mut s.cache, 0).unwrap();
+        let blocks = c.num_hidden_layers * tokens.len().div_ceil(16);
+        assert_eq!(s.cache.size_in_bytes(), blocks * 16 * row * 4, "{case}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["--prompt", "The", "--max-tokens", "1", "plain", "-m"])
+        .arg(dir().join("deepseek_v3"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("KV cache: 640 bytes per token (latent"),
+        "{log}"
+    );
 }

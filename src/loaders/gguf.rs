@@ -261,6 +261,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Architecture::Granite => models::granite::gguf(&am, &mut cfg),
         Architecture::Olmo2 => models::olmo2::gguf(&mut cfg),
         Architecture::Qwen3Moe => models::qwen3_moe::gguf(&am, &mut cfg)?,
+        Architecture::DeepSeekV2 | Architecture::DeepSeekV3 => {
+            bail!("DeepSeek GGUF files (llama.cpp's deepseek2) are not supported yet; load the Hugging Face checkpoint with `plain`")
+        }
     }
     cfg.validate()?;
     Ok(cfg)
@@ -289,6 +292,9 @@ pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
                 "self_attn.q_norm" => "attn_q_norm",
                 "self_attn.k_norm" => "attn_k_norm",
                 "mlp.gate_proj" => "ffn_gate",
+                "mlp.shared_experts.gate_proj" => "ffn_gate_shexp",
+                "mlp.shared_experts.up_proj" => "ffn_up_shexp",
+                "mlp.shared_experts.down_proj" => "ffn_down_shexp",
                 "mlp.up_proj" => "ffn_up",
                 // llama.cpp keeps Phi-3's fused gate and up in ffn_up (gate rows first).
                 "mlp.gate_up_proj" => "ffn_up",

@@ -24,13 +24,16 @@ pub enum Architecture {
     /// The Llama decoder with a sparse mixture-of-experts FFN.
     Mixtral,
     Qwen3Moe,
+    DeepSeekV2,
+    DeepSeekV3,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
 qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), \
 gemma3_text (Gemma3ForCausalLM; GGUF gemma3), phi3 (Phi3ForCausalLM), smollm3 (SmolLM3ForCausalLM), \
 granite (GraniteForCausalLM), olmo2 (Olmo2ForCausalLM), mixtral (MixtralForCausalLM), \
-qwen3_moe (Qwen3MoeForCausalLM; GGUF qwen3moe)";
+qwen3_moe (Qwen3MoeForCausalLM; GGUF qwen3moe), deepseek_v2 (DeepseekV2ForCausalLM), \
+deepseek_v3 (DeepseekV3ForCausalLM)";
 
 impl Architecture {
     /// From a config.json `model_type` / `architectures` entry or a GGUF
@@ -48,6 +51,8 @@ impl Architecture {
             "olmo2" | "olmo2forcausallm" => Self::Olmo2,
             "mixtral" | "mixtralforcausallm" => Self::Mixtral,
             "qwen3_moe" | "qwen3moe" | "qwen3moeforcausallm" => Self::Qwen3Moe,
+            "deepseek_v2" | "deepseekv2forcausallm" => Self::DeepSeekV2,
+            "deepseek_v3" | "deepseekv3forcausallm" => Self::DeepSeekV3,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }
@@ -344,6 +349,8 @@ impl ModelConfig {
             Architecture::Granite => super::granite::hf(&f, &mut cfg)?,
             Architecture::Olmo2 => super::olmo2::hf(&mut cfg),
             Architecture::Qwen3Moe => super::qwen3_moe::hf(&f, &mut cfg)?,
+            Architecture::DeepSeekV2 => super::deepseek::hf(&f, &mut cfg, false)?,
+            Architecture::DeepSeekV3 => super::deepseek::hf(&f, &mut cfg, true)?,
             Architecture::Mixtral => {
                 cfg.moe = Some(MoeConfig::mixtral(
                     f.usize("num_local_experts", fam)?,

@@ -55,6 +55,20 @@ impl Decoder {
         );
         // A tied head quantized apart (topology) has storage of its own.
         let tied_head = tied && lm_head.size_in_bytes() == embed.size_in_bytes();
+        tracing::info!(
+            "KV cache: {} bytes per token ({}){}",
+            cfg.kv_bytes_per_token(),
+            if cfg.mla.is_some() {
+                "latent and rope part per layer"
+            } else {
+                "keys and values per layer"
+            },
+            if cfg.layers.iter().any(|l| l.window.is_some()) {
+                "; sliding layers keep only their window"
+            } else {
+                ""
+            }
+        );
         let uses = |r: LayerRope| cfg.layers.iter().any(|l| l.rope == r);
         let ropes = [
             uses(LayerRope::Global)

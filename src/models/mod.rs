@@ -5,6 +5,7 @@ mod attention;
 mod block;
 pub mod config;
 pub mod decoder;
+pub mod deepseek;
 pub mod gemma2;
 pub mod gemma3;
 pub mod granite;
