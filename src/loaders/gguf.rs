@@ -101,7 +101,9 @@ struct ArchMeta<'a> {
 
 impl GgufMeta for ArchMeta<'_> {
     fn num(&self, key: &str) -> Option<f64> {
-        self.file.get(&format!("{}.{key}", self.arch))?.as_f64()
+        let v = self.file.get(&format!("{}.{key}", self.arch))?;
+        // Flags (`expert_weights_norm`) are stored as booleans.
+        v.as_f64().or_else(|| v.as_bool().map(|b| b as u8 as f64))
     }
     fn nums(&self, key: &str) -> Option<Vec<f64>> {
         let v = self.file.get(&format!("{}.{key}", self.arch))?;
@@ -190,7 +192,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     // llama.cpp writes Mixtral as a `llama` model with experts; other MoE families set
     // their MoE in their own file.
     let moe = match g.get(&k("expert_count")).and_then(|v| v.as_u64()) {
-        Some(_) if architecture == Architecture::Qwen3Moe => None,
+        Some(_) if architecture != Architecture::Llama && architecture != Architecture::Mixtral => {
+            None
+        }
         Some(n) if n > 0 => {
             anyhow::ensure!(
                 matches!(architecture, Architecture::Llama | Architecture::Mixtral),
@@ -262,7 +266,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Architecture::Olmo2 => models::olmo2::gguf(&mut cfg),
         Architecture::Qwen3Moe => models::qwen3_moe::gguf(&am, &mut cfg)?,
         Architecture::DeepSeekV2 | Architecture::DeepSeekV3 => {
-            bail!("DeepSeek GGUF files (llama.cpp's deepseek2) are not supported yet; load the Hugging Face checkpoint with `plain`")
+            models::deepseek::gguf(&am, &mut cfg)?
         }
     }
     cfg.validate()?;
@@ -290,6 +294,12 @@ pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
                 "self_attn.qkv_proj" => "attn_qkv",
                 "self_attn.o_proj" => "attn_output",
                 "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.q_a_proj" => "attn_q_a",
+                "self_attn.q_a_layernorm" => "attn_q_a_norm",
+                "self_attn.q_b_proj" => "attn_q_b",
+                "self_attn.kv_a_proj_with_mqa" => "attn_kv_a_mqa",
+                "self_attn.kv_a_layernorm" => "attn_kv_a_norm",
+                "self_attn.kv_b_proj" => "attn_kv_b",
                 "self_attn.k_norm" => "attn_k_norm",
                 "mlp.gate_proj" => "ffn_gate",
                 "mlp.shared_experts.gate_proj" => "ffn_gate_shexp",
@@ -447,6 +457,36 @@ impl GgufSource {
     }
 }
 
+impl GgufSource {
+    /// DeepSeek's `kv_b_proj` from the `attn_k_b` / `attn_v_b` pair llama.cpp's converter
+    /// splits it into (k_b per head transposed to lora × nope, v_b per head v × lora):
+    /// per head, the nope rows then the v rows, as in the checkpoint. None when the file
+    /// keeps `attn_kv_b` whole.
+    fn kv_b_from_split(&self, hf: &str) -> Result<Option<Tensor>> {
+        let base = gguf_name(hf, self.norms)?;
+        let (k_name, v_name) = (
+            format!("{}.weight", base.replace("attn_kv_b", "attn_k_b")),
+            format!("{}.weight", base.replace("attn_kv_b", "attn_v_b")),
+        );
+        if self.file.tensor_info(&k_name).is_none() {
+            return Ok(None);
+        }
+        let k = self.dense_tensor(&k_name, None)?; // (heads, lora, nope)
+        let v = self.dense_tensor(&v_name, None)?; // (heads, v, lora)
+        let (heads, lora, _) = k.dims3()?;
+        anyhow::ensure!(
+            v.dims3()?.0 == heads && v.dims3()?.2 == lora,
+            "{k_name} {:?} and {v_name} {:?} do not pair up",
+            k.dims(),
+            v.dims()
+        );
+        let k = k.transpose(1, 2)?; // (heads, nope, lora)
+        let w = Tensor::cat(&[&k, &v], 1)?; // (heads, nope + v, lora)
+        let rows = w.dims3()?.1 * heads;
+        Ok(Some(w.reshape((rows, lora))?.contiguous()?))
+    }
+}
+
 /// Inverse of llama.cpp's (2, hd/2) → (hd/2, 2) row permutation within each head.
 fn unpermute_rows(bytes: &[u8], rows: usize, row_bytes: usize, heads: usize) -> Vec<u8> {
     let hd = rows / heads;
@@ -491,6 +531,14 @@ impl WeightSource for GgufSource {
         } else {
             None
         };
+        if name.ends_with("self_attn.kv_b_proj") {
+            if let Some(w) = self.kv_b_from_split(name)? {
+                return match isq {
+                    Some(ty) => self.opts.quantize(name, &w, None, ty),
+                    None => Ok(Arc::new(crate::quant::UnquantLinear::new(w, None)?)),
+                };
+            }
+        }
         let (tensor, expert) = self.tensor_for(name)?;
         let q = self.qtensor_part(&tensor, heads, expert)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;

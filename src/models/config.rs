@@ -51,7 +51,7 @@ impl Architecture {
             "olmo2" | "olmo2forcausallm" => Self::Olmo2,
             "mixtral" | "mixtralforcausallm" => Self::Mixtral,
             "qwen3_moe" | "qwen3moe" | "qwen3moeforcausallm" => Self::Qwen3Moe,
-            "deepseek_v2" | "deepseekv2forcausallm" => Self::DeepSeekV2,
+            "deepseek_v2" | "deepseekv2forcausallm" | "deepseek2" => Self::DeepSeekV2,
             "deepseek_v3" | "deepseekv3forcausallm" => Self::DeepSeekV3,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
