@@ -115,6 +115,19 @@ CASES = {
         rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                          "original_max_position_embeddings": 64, "mscale": 1.0, "mscale_all_dim": 1.0,
                          "beta_fast": 32, "beta_slow": 1})),
+    # Sparsemixer top-2, LayerNorm with bias, attention and head biases, LongRoPE, window
+    # (config.json only: llama.cpp runs Phi-3.5-MoE through its Phi-3 graph).
+    "phimoe": dict(cls="PhimoeConfig", gguf=False, cfg=dict(
+        head_dim=None, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+        attention_bias=True, lm_head_bias=True, router_jitter_noise=0.01, sliding_window=40,
+        # Original length above the prompt: transformers 5.24's Phi-3.5-MoE rotary always
+        # takes the short factors (its forward recomputes them without the length), so
+        # only the short regime is comparable.
+        max_position_embeddings=512, original_max_position_embeddings=128,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 128,
+                         "short_mscale": 1.1, "long_mscale": 1.3,
+                         "short_factor": [1.0, 1.1, 1.2, 1.4, 1.6, 2.0, 2.5, 3.0],
+                         "long_factor": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0]})),
     # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
     # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
     "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
@@ -222,7 +235,9 @@ def peaked_weights(model, family, seed):
     gemma = family.startswith("gemma")
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif "norm" in name:
                 base = 0.0 if gemma else 1.0
                 p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name:

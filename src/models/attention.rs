@@ -58,7 +58,7 @@ impl Attention {
         };
         Ok(Self {
             qkv,
-            o: lin("self_attn.o_proj", false)?,
+            o: lin("self_attn.o_proj", v.o_bias)?,
             q_norm: qk("q_norm", q_len)?,
             k_norm: qk("k_norm", k_len)?,
         })
@@ -114,7 +114,7 @@ impl Attention {
             .into_iter()
             .map(|n| (n.to_string(), cfg.qkv_bias))
             .collect();
-        v.push(("self_attn.o_proj".to_string(), false));
+        v.push(("self_attn.o_proj".to_string(), cfg.variant.o_bias));
         v
     }
 }

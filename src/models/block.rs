@@ -8,6 +8,7 @@ use super::config::{Activation, LayerKind, ModelConfig, NormPlacement, Variant};
 use super::linear_rows::apply_many;
 use super::mla::LatentAttention;
 use super::moe::SparseMoe;
+use super::norm::Norm;
 use super::ops::{self, AttnOptions};
 use super::rope::RopeRows;
 use super::{BatchItem, WeightSource};
@@ -43,10 +44,10 @@ const GATE_UP_NAME: &str = "mlp.gate_up_proj";
 /// The four places a norm can sit; each family fills the ones it has.
 #[derive(Default)]
 struct Norms {
-    attn_in: Option<Vec<f32>>,
-    attn_out: Option<Vec<f32>>,
-    ffn_in: Option<Vec<f32>>,
-    ffn_out: Option<Vec<f32>>,
+    attn_in: Option<Norm>,
+    attn_out: Option<Norm>,
+    ffn_in: Option<Norm>,
+    ffn_out: Option<Norm>,
 }
 
 /// Hugging Face names (within a layer) of the norms before attention, after attention,
@@ -275,8 +276,8 @@ impl Block {
         let p = format!("model.layers.{layer}");
         let v = &cfg.variant;
         let h = cfg.hidden_size;
-        let norm = |n: Option<&str>| -> Result<Option<Vec<f32>>> {
-            n.map(|n| norm_weight(src, &format!("{p}.{n}"), h, v.norm_offset))
+        let norm = |n: Option<&str>| -> Result<Option<Norm>> {
+            n.map(|n| Norm::load(src, &format!("{p}.{n}"), h, v))
                 .transpose()
         };
         let [ai, ao, fi, fo] = norm_names(v.norms);
@@ -323,7 +324,7 @@ impl Block {
         let own: usize = [&n.attn_in, &n.attn_out, &n.ffn_in, &n.ffn_out]
             .iter()
             .filter_map(|w| w.as_ref())
-            .map(|w| 4 * w.len())
+            .map(|w| w.bytes())
             .sum();
         own + match &self.attn {
             AttnKind::Gqa(a) => a.norm_bytes(),
@@ -379,8 +380,8 @@ impl Block {
     ) -> Result<()> {
         let eps = cfg.rms_norm_eps as f32;
         let scale = cfg.variant.residual_scale;
-        let norm = |x: &[f32], w: &Option<Vec<f32>>| match w {
-            Some(w) => ops::rms_norm(x, w, eps),
+        let norm = |x: &[f32], w: &Option<Norm>| match w {
+            Some(w) => w.apply(x, eps),
             None => x.to_vec(),
         };
         let h = norm(x, &self.norms.attn_in);
@@ -395,14 +396,14 @@ impl Block {
             }
         };
         let h = match &self.norms.attn_out {
-            Some(w) => ops::rms_norm(&h, w, eps),
+            Some(w) => w.apply(&h, eps),
             None => h,
         };
         ops::add_scaled_in_place(x, &h, scale);
         let h = norm(x, &self.norms.ffn_in);
         let h = self.ffn.forward(h, &batch.groups)?;
         let h = match &self.norms.ffn_out {
-            Some(w) => ops::rms_norm(&h, w, eps),
+            Some(w) => w.apply(&h, eps),
             None => h,
         };
         ops::add_scaled_in_place(x, &h, scale);

@@ -26,6 +26,7 @@ pub enum Architecture {
     Qwen3Moe,
     DeepSeekV2,
     DeepSeekV3,
+    PhiMoe,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
@@ -33,7 +34,7 @@ qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), 
 gemma3_text (Gemma3ForCausalLM; GGUF gemma3), phi3 (Phi3ForCausalLM), smollm3 (SmolLM3ForCausalLM), \
 granite (GraniteForCausalLM), olmo2 (Olmo2ForCausalLM), mixtral (MixtralForCausalLM), \
 qwen3_moe (Qwen3MoeForCausalLM; GGUF qwen3moe), deepseek_v2 (DeepseekV2ForCausalLM), \
-deepseek_v3 (DeepseekV3ForCausalLM)";
+deepseek_v3 (DeepseekV3ForCausalLM), phimoe (PhiMoEForCausalLM)";
 
 impl Architecture {
     /// From a config.json `model_type` / `architectures` entry or a GGUF
@@ -53,6 +54,7 @@ impl Architecture {
             "qwen3_moe" | "qwen3moe" | "qwen3moeforcausallm" => Self::Qwen3Moe,
             "deepseek_v2" | "deepseekv2forcausallm" | "deepseek2" => Self::DeepSeekV2,
             "deepseek_v3" | "deepseekv3forcausallm" => Self::DeepSeekV3,
+            "phimoe" | "phimoeforcausallm" => Self::PhiMoe,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }
@@ -142,6 +144,12 @@ pub struct Variant {
     pub final_softcap: Option<f32>,
     /// Logits are multiplied by this (Granite: 1 / logits_scaling).
     pub logit_scale: f32,
+    /// LayerNorm with bias instead of RMSNorm for the block and final norms (Phi-3.5-MoE).
+    pub layer_norm: bool,
+    /// A bias on the attention output projection (Phi-3.5-MoE's `attention_bias`).
+    pub o_bias: bool,
+    /// A bias on the output head (`lm_head_bias`).
+    pub head_bias: bool,
 }
 
 impl Default for Variant {
@@ -159,6 +167,9 @@ impl Default for Variant {
             attn_softcap: None,
             final_softcap: None,
             logit_scale: 1.0,
+            layer_norm: false,
+            o_bias: false,
+            head_bias: false,
         }
     }
 }
@@ -351,6 +362,7 @@ impl ModelConfig {
             Architecture::Qwen3Moe => super::qwen3_moe::hf(&f, &mut cfg)?,
             Architecture::DeepSeekV2 => super::deepseek::hf(&f, &mut cfg, false)?,
             Architecture::DeepSeekV3 => super::deepseek::hf(&f, &mut cfg, true)?,
+            Architecture::PhiMoe => super::phimoe::hf(&f, &mut cfg)?,
             Architecture::Mixtral => {
                 cfg.moe = Some(MoeConfig::mixtral(
                     f.usize("num_local_experts", fam)?,
@@ -560,6 +572,7 @@ pub fn parse_rope_scaling(
                 original_max_position_embeddings: original,
                 factor: num("factor").unwrap_or(max_pos as f64 / original as f64),
                 attention_factor: num("attention_factor"),
+                mscales: num("short_mscale").zip(num("long_mscale")),
             }
         }
         other => bail!(

@@ -2,9 +2,10 @@
 //! the head, batched over sequences for continuous batching. Families differ only in
 //! their [`ModelConfig`] (its `Variant` and per-layer kinds), never in this loop.
 
-use super::block::{norm_weight, Batch, Block};
+use super::block::{Batch, Block};
 use super::config::{LayerRope, ModelConfig};
 use super::linear_rows::{apply, row_groups};
+use super::norm::Norm;
 use super::rope::RotaryEmbedding;
 use super::{ops, BatchItem, CausalLm, Embedding, WeightSource};
 use crate::quant::kernels;
@@ -18,7 +19,9 @@ pub struct Decoder {
     cfg: ModelConfig,
     embed: Embedding,
     blocks: Vec<Block>,
-    norm: Vec<f32>,
+    norm: Norm,
+    /// A bias on the output head (Phi-3.5-MoE's `lm_head_bias`).
+    head_bias: Option<Vec<f32>>,
     lm_head: Arc<dyn QuantLinear>,
     /// The global rotary embedding and, where the family has one, the local one.
     ropes: [Option<RotaryEmbedding>; 2],
@@ -44,7 +47,15 @@ impl Decoder {
             blocks.push(Block::load(src, &cfg, i)?);
             progress(i + 1, cfg.num_hidden_layers);
         }
-        let norm = norm_weight(src, "model.norm", cfg.hidden_size, cfg.variant.norm_offset)?;
+        let norm = Norm::load(src, "model.norm", cfg.hidden_size, &cfg.variant)?;
+        let head_bias = match cfg.variant.head_bias {
+            true => Some(
+                src.dense_raw("lm_head.bias")?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            false => None,
+        };
         let tied = cfg.tie_word_embeddings || !src.has("lm_head");
         let lm_head = src.lm_head("lm_head", tied.then_some("model.embed_tokens"))?;
         anyhow::ensure!(
@@ -84,6 +95,7 @@ impl Decoder {
             embed,
             blocks,
             norm,
+            head_bias,
             lm_head,
             ropes,
             device,
@@ -101,7 +113,7 @@ impl Decoder {
     }
 
     fn norm_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.norm_bytes()).sum::<usize>() + 4 * self.norm.len()
+        self.blocks.iter().map(|b| b.norm_bytes()).sum::<usize>() + self.norm.bytes()
     }
 }
 
@@ -170,8 +182,13 @@ impl CausalLm for Decoder {
             kept.push(t - from);
             start += t;
         }
-        let normed = ops::rms_norm(&rows, &self.norm, self.cfg.rms_norm_eps as f32);
+        let normed = self.norm.apply(&rows, self.cfg.rms_norm_eps as f32);
         let mut logits = apply(self.lm_head.as_ref(), normed, &row_groups(&kept))?;
+        if let Some(b) = &self.head_bias {
+            for row in logits.chunks_exact_mut(b.len()) {
+                ops::add_in_place(row, b);
+            }
+        }
         let v = &self.cfg.variant;
         if v.logit_scale != 1.0 {
             logits.iter_mut().for_each(|l| *l *= v.logit_scale);

@@ -21,6 +21,21 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
+/// `(x - mean) / √(var + eps) · w + b` over rows of `w.len()` elements (LayerNorm).
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let d = w.len();
+    let mut out = vec![0f32; x.len()];
+    for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let mean = r.iter().sum::<f32>() / d as f32;
+        let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let scale = 1.0 / (var + eps).sqrt();
+        for (((o, v), g), c) in o.iter_mut().zip(r).zip(w).zip(b) {
+            *o = (v - mean) * scale * g + c;
+        }
+    }
+    out
+}
+
 /// Rotary embedding in place on token-major rows of `heads × head_dim`, positions from
 /// `offset` (rotate-half pairing within the first `2 · rows.half()` dimensions of each
 /// head: element i with i + half; the rest of a head passes unchanged).

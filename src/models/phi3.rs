@@ -41,6 +41,7 @@ pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
             original_max_position_embeddings: original,
             factor: cfg.max_position_embeddings as f64 / original as f64,
             attention_factor: g.num("rope.scaling.attn_factor"),
+            mscales: None,
         };
     }
     Ok(())

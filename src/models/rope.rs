@@ -45,6 +45,9 @@ pub enum RopeScaling {
         original_max_position_embeddings: usize,
         factor: f64,
         attention_factor: Option<f64>,
+        /// Phi-3.5-MoE's cos/sin multipliers for short and long sequences, in place of
+        /// the attention factor.
+        mscales: Option<(f64, f64)>,
     },
 }
 
@@ -176,8 +179,10 @@ pub struct RotaryEmbedding {
     /// Inverse frequencies (for LongRoPE, the short set), and LongRoPE's long set.
     inv_freq: Vec<f32>,
     long_inv_freq: Option<Vec<f32>>,
-    /// cos/sin multiplier (YaRN mscale, LongRoPE's attention factor).
+    /// cos/sin multiplier (YaRN mscale, LongRoPE's attention factor), and LongRoPE's
+    /// for sequences past the original length where it differs.
     attention_factor: f32,
+    long_attention_factor: Option<f32>,
 }
 
 fn base_inv_freq(theta: f64, dim: usize) -> Vec<f64> {
@@ -214,6 +219,7 @@ impl RotaryEmbedding {
         let dim = cfg.rotary_dim;
         let base = base_inv_freq(cfg.theta, dim);
         let mut attention_factor = 1.0f64;
+        let mut long_attention_factor = None;
         let mut long = None;
         let inv: Vec<f64> = match &cfg.scaling {
             RopeScaling::None | RopeScaling::Dynamic { .. } => base,
@@ -281,14 +287,21 @@ impl RotaryEmbedding {
                 original_max_position_embeddings,
                 factor,
                 attention_factor: af,
+                mscales,
             } => {
-                attention_factor = af.unwrap_or_else(|| {
-                    if *factor <= 1.0 {
-                        1.0
-                    } else {
-                        (1.0 + factor.ln() / (*original_max_position_embeddings as f64).ln()).sqrt()
-                    }
-                });
+                if let Some((short, long)) = mscales {
+                    long_attention_factor = Some(*long as f32);
+                    attention_factor = *short;
+                } else {
+                    attention_factor = af.unwrap_or_else(|| {
+                        if *factor <= 1.0 {
+                            1.0
+                        } else {
+                            (1.0 + factor.ln() / (*original_max_position_embeddings as f64).ln())
+                                .sqrt()
+                        }
+                    });
+                }
                 let scaled = |ext: &[f32]| -> Vec<f32> {
                     base.iter()
                         .zip(ext)
@@ -314,6 +327,7 @@ impl RotaryEmbedding {
             inv_freq: divide(inv),
             long_inv_freq: long,
             attention_factor: attention_factor as f32,
+            long_attention_factor,
         })
     }
 
@@ -362,7 +376,16 @@ impl RotaryEmbedding {
         let inv = self.inv_freq_for(first + n);
         let half = inv.len();
         let (mut cos, mut sin) = (Vec::with_capacity(n * half), Vec::with_capacity(n * half));
-        let af = self.attention_factor;
+        let af = match (&self.cfg.scaling, self.long_attention_factor) {
+            (
+                RopeScaling::LongRope {
+                    original_max_position_embeddings,
+                    ..
+                },
+                Some(long),
+            ) if first + n > *original_max_position_embeddings => long,
+            _ => self.attention_factor,
+        };
         for p in first..first + n {
             for &f in inv.iter() {
                 // The angle in f32 as transformers forms it, its cos/sin rounded once.

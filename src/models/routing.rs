@@ -24,6 +24,10 @@ pub enum Router {
         topk_groups: usize,
         renormalize: bool,
     },
+    /// Phi-3.5-MoE's sparsemixer at inference, top-2: the best expert, weighted by its
+    /// softmax among the experts within `2 · jitter_eps` (relative) of it; then the best
+    /// of the rest, weighted by its softmax among those within the same margin of it.
+    SparseMixer { jitter_eps: f32 },
 }
 
 /// The `k` largest of `v` (index order on ties), largest first.
@@ -60,6 +64,27 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
     exp.into_iter().map(|e| e / total).collect()
 }
 
+/// One sparsemixer pick among `scores` (−∞ for excluded experts): the best, and its
+/// softmax weight among the experts close enough to it.
+fn sparsemixer_pick(scores: &[f32], all: &[f32], eps: f32) -> (usize, f32) {
+    let best = top_k(scores, 1)[0];
+    let max = scores[best];
+    // transformers: ((max − s) / max(|s|, max)) > 2·eps masks s, with |s| from the raw scores.
+    let kept: Vec<f32> = scores
+        .iter()
+        .zip(all)
+        .map(|(&s, &raw)| {
+            let factor = raw.abs().max(max);
+            if (max - s) / factor > 2.0 * eps {
+                f32::NEG_INFINITY
+            } else {
+                s
+            }
+        })
+        .collect();
+    (best, softmax(&kept)[best])
+}
+
 /// The routing of one token: (expert, weight) pairs, most probable first. `bias` is
 /// DeepSeek V3's `e_score_correction_bias`; `scale` its `routed_scaling_factor`.
 pub fn route(
@@ -70,6 +95,13 @@ pub fn route(
     scale: f32,
 ) -> Vec<(usize, f32)> {
     match router {
+        Router::SparseMixer { jitter_eps } => {
+            let (first, w1) = sparsemixer_pick(logits, logits, jitter_eps);
+            let mut rest = logits.to_vec();
+            rest[first] = f32::NEG_INFINITY;
+            let (second, w2) = sparsemixer_pick(&rest, logits, jitter_eps);
+            vec![(first, w1 * scale), (second, w2 * scale)]
+        }
         Router::SoftmaxTopK { renormalize } => {
             let p = softmax(logits);
             let chosen = top_k(&p, k);
@@ -147,6 +179,23 @@ mod tests {
         assert!((r[0].1 - a / (a + b)).abs() < 1e-6);
         assert!((r.iter().map(|p| p.1).sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(softmax_route(&[5.0, 1.0], 1, true), vec![(0, 1.0)]);
+    }
+
+    #[test]
+    fn sparsemixer_weights_each_pick_among_its_close_rivals() {
+        // Expert 2 is best; 0 is within the margin of it, 1 and 3 are not. Then expert 0
+        // is best of the rest, alone within its margin.
+        let r = route(
+            &[1.0, -2.0, 1.01, 0.2],
+            Router::SparseMixer { jitter_eps: 0.01 },
+            2,
+            None,
+            1.0,
+        );
+        assert_eq!((r[0].0, r[1].0), (2, 0));
+        let e = (1.0f32 - 1.01).exp();
+        assert!((r[0].1 - 1.0 / (1.0 + e)).abs() < 1e-6, "{r:?}");
+        assert!((r[1].1 - 1.0).abs() < 1e-6, "{r:?}");
     }
 
     #[test]
