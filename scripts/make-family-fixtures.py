@@ -128,6 +128,15 @@ CASES = {
                          "short_mscale": 1.1, "long_mscale": 1.3,
                          "short_factor": [1.0, 1.1, 1.2, 1.4, 1.6, 2.0, 2.5, 3.0],
                          "long_factor": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0]})),
+    # Attention sinks, alternating sliding (24) and full layers, YaRN without truncation,
+    # biased router and experts stacked (experts, in, out) with interleaved gate/up and
+    # the clamped SwiGLU. (GGUF waits for MXFP4.)
+    "gpt_oss": dict(cls="GptOssConfig", gguf=False, cfg=dict(
+        intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"] * 2, attention_bias=True,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "truncate": False})),
     # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
     # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
     "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
@@ -237,6 +246,11 @@ def peaked_weights(model, family, seed):
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("sinks"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif family == "gpt_oss" and p.dim() == 3:
+                # GPT-OSS stacks experts as (experts, in, out).
+                p.copy_(torch.randn(p.shape, generator=g) * (1.2 / math.sqrt(p.shape[1])))
             elif "norm" in name:
                 base = 0.0 if gemma else 1.0
                 p.copy_(base + 0.2 * torch.randn(p.shape, generator=g))

@@ -518,6 +518,7 @@ fn moqe_and_expert_topology_on_moe_families() {
         "deepseek_v2",
         "deepseek_v3",
         "phimoe",
+        "gpt_oss",
     ] {
         let opts = LoadOptions {
             isq: Some("Q8_0".parse().unwrap()),

@@ -268,6 +268,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Architecture::DeepSeekV2 | Architecture::DeepSeekV3 => {
             models::deepseek::gguf(&am, &mut cfg)?
         }
+        Architecture::GptOss => bail!(
+            "gpt-oss GGUF files are not supported yet (their experts are MXFP4, which smelt does not read yet); load the Hugging Face checkpoint with `plain`"
+        ),
         Architecture::PhiMoe => bail!(
             "phimoe GGUF files are not supported: llama.cpp runs Phi-3.5-MoE with RMSNorm and softmax routing, not the model's LayerNorm and sparsemixer; load the Hugging Face checkpoint with `plain`"
         ),

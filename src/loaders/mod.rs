@@ -216,7 +216,7 @@ pub(crate) fn finish_load(
     if opts.organization == IsqOrganization::Moqe {
         anyhow::ensure!(
             cfg.moe.is_some(),
-            "--isq-organization moqe quantizes only mixture-of-experts layers, and this {:?} model has none (MoE architectures: mixtral, qwen3_moe, deepseek_v2, deepseek_v3, phimoe); use --isq-organization default",
+            "--isq-organization moqe quantizes only mixture-of-experts layers, and this {:?} model has none (MoE architectures: mixtral, qwen3_moe, deepseek_v2, deepseek_v3, phimoe, gpt_oss); use --isq-organization default",
             cfg.architecture
         );
     }

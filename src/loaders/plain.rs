@@ -144,6 +144,61 @@ pub(crate) fn load_tokenizer_assets(
     })
 }
 
+/// One expert's weight or bias inside transformers' stacked expert tensors (GPT-OSS:
+/// `mlp.experts.gate_up_proj` of shape (experts, in, out), `…_bias` (experts, out)),
+/// asked for by its per-expert name `mlp.experts.5.gate_up_proj.weight`.
+struct StackedExpert {
+    tensor: String,
+    expert: usize,
+    bias: bool,
+    /// gate and up columns alternate in the stack; the fused layer wants gate rows first.
+    interleaved: bool,
+}
+
+fn stacked_expert(name: &str) -> Option<StackedExpert> {
+    let (head, rest) = name.split_once(".experts.")?;
+    let mut parts = rest.splitn(3, '.');
+    let expert = parts.next()?.parse().ok()?;
+    let (w, kind) = (parts.next()?, parts.next()?);
+    let bias = match kind {
+        "weight" => false,
+        "bias" => true,
+        _ => return None,
+    };
+    let tensor = match bias {
+        false => format!("{head}.experts.{w}"),
+        true => format!("{head}.experts.{w}_bias"),
+    };
+    Some(StackedExpert {
+        tensor,
+        expert,
+        bias,
+        interleaved: w == "gate_up_proj",
+    })
+}
+
+impl StackedExpert {
+    fn load(&self, files: &SafetensorsFiles) -> Result<Tensor> {
+        let t = files.load_slice(&self.tensor, self.expert)?;
+        // (in, out) → (out, in), as a linear's weight.
+        let t = if self.bias { t } else { t.t()?.contiguous()? };
+        if !self.interleaved {
+            return Ok(t);
+        }
+        let rows = t.dim(0)?;
+        anyhow::ensure!(
+            rows % 2 == 0,
+            "{} has an odd number of gate/up rows",
+            self.tensor
+        );
+        let idx = |from: u32| Tensor::arange_step(from, rows as u32, 2, &Device::Cpu);
+        Ok(Tensor::cat(
+            &[t.index_select(&idx(0)?, 0)?, t.index_select(&idx(1)?, 0)?],
+            0,
+        )?)
+    }
+}
+
 fn collect_ids(v: Option<&serde_json::Value>, out: &mut Vec<u32>) {
     match v {
         Some(serde_json::Value::Number(n)) => out.extend(n.as_u64().map(|x| x as u32)),
@@ -168,7 +223,10 @@ struct SafetensorsSource {
 
 impl SafetensorsSource {
     fn load(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        let t = self.tensors.load(name)?;
+        let t = match stacked_expert(name).filter(|_| !self.tensors.contains(name)) {
+            Some(s) if self.tensors.contains(&s.tensor) => s.load(&self.tensors)?,
+            _ => self.tensors.load(name)?,
+        };
         Ok(t.to_dtype(dtype)?.to_device(&self.device)?)
     }
     /// Layer `name` as the prequantized checkpoint stores it, if it is quantized there.

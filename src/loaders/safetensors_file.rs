@@ -88,6 +88,27 @@ impl SafetensorsFiles {
         Ok(tensor)
     }
 
+    /// Slice `index` of tensor `name`'s outermost dimension (one expert of a stacked
+    /// expert tensor), copied out with its pages released.
+    pub fn load_slice(&self, name: &str, index: usize) -> Result<Tensor> {
+        let (shard, start, end, info) = self.locate(name)?;
+        let outer = *info.shape.first().context("a 0-d tensor has no slices")?;
+        anyhow::ensure!(
+            index < outer,
+            "tensor {name} of shape {:?} has no slice {index}",
+            info.shape
+        );
+        let per = (end - start) / outer;
+        let (from, to) = (start + index * per, start + (index + 1) * per);
+        let view = TensorView::new(info.dtype, info.shape[1..].to_vec(), &shard.mmap[from..to])
+            .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
+        let tensor = view
+            .load(&Device::Cpu)
+            .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
+        release_pages(&shard.mmap, from, to);
+        Ok(tensor)
+    }
+
     /// The shard holding `name`, the tensor's byte range in its map, and its header entry.
     fn locate(
         &self,

@@ -30,6 +30,8 @@ pub(super) struct Attention {
     o: Arc<dyn QuantLinear>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+    /// GPT-OSS's per-head sink logits.
+    sinks: Option<Vec<f32>>,
 }
 
 impl Attention {
@@ -56,11 +58,26 @@ impl Attention {
                 .then(|| norm_weight(src, &format!("{p}.self_attn.{n}"), len, v.norm_offset))
                 .transpose()
         };
+        let sinks = match v.attn_sinks {
+            true => {
+                let name = format!("{p}.self_attn.sinks");
+                let s: Vec<f32> = src.dense_raw(&name)?.flatten_all()?.to_vec1()?;
+                anyhow::ensure!(
+                    s.len() == cfg.num_attention_heads,
+                    "{name} has {} entries for {} heads",
+                    s.len(),
+                    cfg.num_attention_heads
+                );
+                Some(s)
+            }
+            false => None,
+        };
         Ok(Self {
             qkv,
             o: lin("self_attn.o_proj", v.o_bias)?,
             q_norm: qk("q_norm", q_len)?,
             k_norm: qk("k_norm", k_len)?,
+            sinks,
         })
     }
 
@@ -79,7 +96,7 @@ impl Attention {
     }
 
     pub(super) fn norm_bytes(&self) -> usize {
-        [&self.q_norm, &self.k_norm]
+        [&self.q_norm, &self.k_norm, &self.sinks]
             .iter()
             .filter_map(|w| w.as_ref())
             .map(|w| 4 * w.len())
@@ -195,7 +212,10 @@ impl Attention {
             kv_heads: nkv,
             head_dim: hd,
         };
-        let opts = attn_options(cfg, kind);
+        let opts = ops::AttnOptions {
+            sinks: self.sinks.as_deref(),
+            ..attn_options(cfg, kind)
+        };
         let rope_slot = match kind.rope {
             LayerRope::Global => Some(0),
             LayerRope::Local => Some(1),

@@ -82,7 +82,7 @@ enum AttnKind {
 }
 
 /// The arithmetic options of a layer's attention.
-pub(super) fn attn_options(cfg: &ModelConfig, kind: LayerKind) -> AttnOptions {
+pub(super) fn attn_options(cfg: &ModelConfig, kind: LayerKind) -> AttnOptions<'static> {
     AttnOptions {
         scale: cfg
             .variant
@@ -90,6 +90,7 @@ pub(super) fn attn_options(cfg: &ModelConfig, kind: LayerKind) -> AttnOptions {
             .unwrap_or(1.0 / (cfg.head_dim as f32).sqrt()),
         softcap: cfg.variant.attn_softcap,
         window: kind.window,
+        sinks: None,
     }
 }
 
@@ -136,6 +137,25 @@ impl Mlp {
             gate_up: GateUp::Split([lin(names[0])?, lin(names[1])?]),
             down: lin(names[2])?,
             activation: Activation::Silu,
+        })
+    }
+
+    /// One MoE expert under `p` (`model.layers.3.mlp.experts.5`), laid out as `n` says.
+    pub(super) fn load_expert(
+        src: &dyn WeightSource,
+        p: &str,
+        n: &super::moe::MoeNames,
+    ) -> Result<Self> {
+        let lin = |w: &str| src.linear(&format!("{p}.{w}"), n.expert_bias);
+        let gate_up = if n.fused_gate_up {
+            GateUp::Fused(lin(GATE_UP_NAME.trim_start_matches("mlp."))?)
+        } else {
+            GateUp::Split([lin(n.expert[0])?, lin(n.expert[1])?])
+        };
+        Ok(Self {
+            gate_up,
+            down: lin(n.expert[2])?,
+            activation: n.activation,
         })
     }
 
@@ -186,7 +206,7 @@ impl Mlp {
                 check(names[0], g, (inter, hidden))?;
                 check(names[1], u, (inter, hidden))?;
             }
-            GateUp::Fused(gu) => check(GATE_UP_NAME, gu, (2 * inter, hidden))?,
+            GateUp::Fused(gu) => check("gate_up_proj", gu, (2 * inter, hidden))?,
         }
         check(names[2], &self.down, (hidden, inter))
     }
@@ -216,6 +236,9 @@ impl Mlp {
         let h = match self.activation {
             Activation::Silu => ops::swiglu(&gate, &up),
             Activation::GeluTanh => ops::geglu_tanh(&gate, &up),
+            Activation::ClampedSwiglu { alpha, limit } => {
+                ops::clamped_swiglu(&gate, &up, alpha, limit)
+            }
         };
         apply_many(&[self.down.as_ref()], h, groups).map(|mut v| v.pop().expect("one out"))
     }
@@ -236,11 +259,15 @@ impl Ffn {
         }
     }
 
-    /// Names within the layer, in `linears` order.
-    fn linear_names(&self) -> Vec<String> {
+    /// (name within the layer, has bias), in `linears` order.
+    fn linear_specs(&self) -> Vec<(String, bool)> {
         match self {
-            Self::Dense(m) => m.names().into_iter().map(str::to_string).collect(),
-            Self::Moe(m) => m.linear_names(),
+            Self::Dense(m) => m
+                .names()
+                .into_iter()
+                .map(|n| (n.to_string(), false))
+                .collect(),
+            Self::Moe(m) => m.linear_specs(),
         }
     }
 
@@ -365,7 +392,7 @@ impl Block {
                 .map(|n| (n.to_string(), false))
                 .collect(),
         };
-        v.extend(self.ffn.linear_names().into_iter().map(|n| (n, false)));
+        v.extend(self.ffn.linear_specs());
         v
     }
 

@@ -27,6 +27,7 @@ pub enum Architecture {
     DeepSeekV2,
     DeepSeekV3,
     PhiMoe,
+    GptOss,
 }
 
 pub const SUPPORTED_ARCHITECTURES: &str = "llama (LlamaForCausalLM), mistral (MistralForCausalLM), \
@@ -34,7 +35,7 @@ qwen2 (Qwen2ForCausalLM), qwen3 (Qwen3ForCausalLM), gemma2 (Gemma2ForCausalLM), 
 gemma3_text (Gemma3ForCausalLM; GGUF gemma3), phi3 (Phi3ForCausalLM), smollm3 (SmolLM3ForCausalLM), \
 granite (GraniteForCausalLM), olmo2 (Olmo2ForCausalLM), mixtral (MixtralForCausalLM), \
 qwen3_moe (Qwen3MoeForCausalLM; GGUF qwen3moe), deepseek_v2 (DeepseekV2ForCausalLM), \
-deepseek_v3 (DeepseekV3ForCausalLM), phimoe (PhiMoEForCausalLM)";
+deepseek_v3 (DeepseekV3ForCausalLM), phimoe (PhiMoEForCausalLM), gpt_oss (GptOssForCausalLM)";
 
 impl Architecture {
     /// From a config.json `model_type` / `architectures` entry or a GGUF
@@ -55,6 +56,7 @@ impl Architecture {
             "deepseek_v2" | "deepseekv2forcausallm" | "deepseek2" => Self::DeepSeekV2,
             "deepseek_v3" | "deepseekv3forcausallm" => Self::DeepSeekV3,
             "phimoe" | "phimoeforcausallm" => Self::PhiMoe,
+            "gpt_oss" | "gptossforcausallm" => Self::GptOss,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }
@@ -112,12 +114,15 @@ pub enum QkNorm {
 }
 
 /// The gated FFN's activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// SwiGLU.
     Silu,
     /// GeGLU with the tanh approximation of GELU (Gemma).
     GeluTanh,
+    /// GPT-OSS's clamped SwiGLU: `(clamp(up, ±limit) + 1) · g · σ(alpha · g)` with
+    /// `g = min(gate, limit)`.
+    ClampedSwiglu { alpha: f32, limit: f32 },
 }
 
 /// How a family's block differs from Llama's. `Variant::default()` is Llama.
@@ -150,6 +155,8 @@ pub struct Variant {
     pub o_bias: bool,
     /// A bias on the output head (`lm_head_bias`).
     pub head_bias: bool,
+    /// Per-head attention sink logits (`self_attn.sinks`, GPT-OSS).
+    pub attn_sinks: bool,
 }
 
 impl Default for Variant {
@@ -170,6 +177,7 @@ impl Default for Variant {
             layer_norm: false,
             o_bias: false,
             head_bias: false,
+            attn_sinks: false,
         }
     }
 }
@@ -363,6 +371,7 @@ impl ModelConfig {
             Architecture::DeepSeekV2 => super::deepseek::hf(&f, &mut cfg, false)?,
             Architecture::DeepSeekV3 => super::deepseek::hf(&f, &mut cfg, true)?,
             Architecture::PhiMoe => super::phimoe::hf(&f, &mut cfg)?,
+            Architecture::GptOss => super::gpt_oss::hf(&f, &mut cfg)?,
             Architecture::Mixtral => {
                 cfg.moe = Some(MoeConfig::mixtral(
                     f.usize("num_local_experts", fam)?,

@@ -8,6 +8,7 @@ pub mod decoder;
 pub mod deepseek;
 pub mod gemma2;
 pub mod gemma3;
+pub mod gpt_oss;
 pub mod granite;
 mod linear_rows;
 pub mod llama;

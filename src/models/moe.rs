@@ -17,24 +17,47 @@ use std::sync::Arc;
 
 pub use super::routing::Router;
 
-/// Hugging Face names of an MoE block within a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Hugging Face names and layout of an MoE block within a layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MoeNames {
-    /// `block_sparse_moe` (Mixtral) or `mlp` (Qwen3-MoE, DeepSeek).
+    /// `block_sparse_moe` (Mixtral) or `mlp` (Qwen3-MoE, DeepSeek, GPT-OSS).
     pub prefix: &'static str,
+    /// The router linear: `gate`, or GPT-OSS's `router` (with a bias).
+    pub router: &'static str,
+    pub router_bias: bool,
     /// An expert's gate, up and down projections.
     pub expert: [&'static str; 3],
+    /// Experts keep gate and up in one `gate_up_proj` (GPT-OSS), with biases.
+    pub fused_gate_up: bool,
+    pub expert_bias: bool,
+    /// The experts' activation.
+    pub activation: super::config::Activation,
 }
 
 impl MoeNames {
     pub const MIXTRAL: Self = Self {
         prefix: "block_sparse_moe",
+        router: "gate",
+        router_bias: false,
         expert: ["w1", "w3", "w2"],
+        fused_gate_up: false,
+        expert_bias: false,
+        activation: super::config::Activation::Silu,
     };
     pub const MLP: Self = Self {
         prefix: "mlp",
         expert: ["gate_proj", "up_proj", "down_proj"],
+        ..Self::MIXTRAL
     };
+
+    /// Names of one expert's linears within its prefix.
+    fn expert_linears(&self) -> Vec<&'static str> {
+        if self.fused_gate_up {
+            vec!["gate_up_proj", self.expert[2]]
+        } else {
+            self.expert.to_vec()
+        }
+    }
 }
 
 pub(super) struct SparseMoe {
@@ -51,9 +74,9 @@ impl SparseMoe {
     /// The MoE FFN of layer prefix `p` (`model.layers.3`).
     pub(super) fn load(src: &dyn WeightSource, p: &str, cfg: &MoeConfig) -> Result<Self> {
         let n = cfg.names;
-        let router = src.linear(&format!("{p}.{}.gate", n.prefix), false)?;
+        let router = src.linear(&format!("{p}.{}.{}", n.prefix, n.router), n.router_bias)?;
         let experts = (0..cfg.num_experts)
-            .map(|e| Mlp::load(src, &format!("{p}.{}.experts.{e}", n.prefix), n.expert))
+            .map(|e| Mlp::load_expert(src, &format!("{p}.{}.experts.{e}", n.prefix), &n))
             .collect::<Result<Vec<_>>>()?;
         let shared = cfg
             .shared_intermediate
@@ -86,8 +109,9 @@ impl SparseMoe {
         let want = (self.experts.len(), hidden);
         anyhow::ensure!(
             self.router.shape() == want,
-            "router {}.gate has shape {:?}, the config implies {want:?}",
+            "router {}.{} has shape {:?}, the config implies {want:?}",
             self.cfg.names.prefix,
+            self.cfg.names.router,
             self.router.shape()
         );
         for (e, m) in self.experts.iter().enumerate() {
@@ -124,22 +148,22 @@ impl SparseMoe {
         v
     }
 
-    /// Names within the layer, in `linears` order.
-    pub(super) fn linear_names(&self) -> Vec<String> {
+    /// (name within the layer, has bias), in `linears` order.
+    pub(super) fn linear_specs(&self) -> Vec<(String, bool)> {
         let n = self.cfg.names;
-        let mut v = vec![format!("{}.gate", n.prefix)];
+        let mut v = vec![(format!("{}.{}", n.prefix, n.router), n.router_bias)];
         for e in 0..self.experts.len() {
             v.extend(
-                n.expert
-                    .iter()
-                    .map(|w| format!("{}.experts.{e}.{w}", n.prefix)),
+                n.expert_linears()
+                    .into_iter()
+                    .map(|w| (format!("{}.experts.{e}.{w}", n.prefix), n.expert_bias)),
             );
         }
         if self.shared.is_some() {
             v.extend(
                 n.expert
                     .iter()
-                    .map(|w| format!("{}.shared_experts.{w}", n.prefix)),
+                    .map(|w| (format!("{}.shared_experts.{w}", n.prefix), false)),
             );
         }
         v

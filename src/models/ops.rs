@@ -64,22 +64,31 @@ pub struct Heads {
 
 /// What a family changes in attention's arithmetic.
 #[derive(Debug, Clone, Copy)]
-pub struct AttnOptions {
+pub struct AttnOptions<'a> {
     /// Multiplies q·k (1/√head_dim unless the family says else).
     pub scale: f32,
     /// `cap · tanh(score / cap)` before the mask (Gemma 2).
     pub softcap: Option<f32>,
     /// A query at position p sees keys p - window + 1 ..= p.
     pub window: Option<usize>,
+    /// One learned logit per query head that joins each softmax's denominator (GPT-OSS's
+    /// attention sinks).
+    pub sinks: Option<&'a [f32]>,
 }
 
-impl AttnOptions {
+impl AttnOptions<'_> {
     pub fn standard(head_dim: usize) -> Self {
         Self {
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: None,
             window: None,
+            sinks: None,
         }
+    }
+
+    #[inline]
+    fn sink(&self, head: usize) -> Option<f32> {
+        self.sinks.map(|s| s[head])
     }
 
     /// First key position a query at `pos` sees.
@@ -126,7 +135,7 @@ pub fn attention(
             (lo..=pos).map(|j| opts.score(dot(qh, &kv.key(j)[g * head_dim..][..head_dim]))),
         );
         let n = scores.len();
-        softmax_causal(scores, n);
+        softmax_causal(scores, n, opts.sink(h));
         out.fill(0.0);
         for (j, &p) in (lo..).zip(scores.iter()) {
             let vj = &kv.value(j)[g * head_dim..][..head_dim];
@@ -262,7 +271,7 @@ fn attention_gemm(
                 for s in seen.iter_mut() {
                     *s = opts.score(*s);
                 }
-                softmax_causal(seen, pos + 1 - k0 - first);
+                softmax_causal(seen, pos + 1 - k0 - first, opts.sink(row_idx / tc));
             });
         let probs = Tensor::from_vec(probs, (kv_heads, rep * tc, nk), dev)?;
         let o: Vec<f32> = probs
@@ -298,10 +307,15 @@ pub fn attention_slices(
 const QUERY_CHUNK: usize = 128;
 
 /// Softmax over the first `visible` entries of `row`; the rest (future tokens) become 0.
-fn softmax_causal(row: &mut [f32], visible: usize) {
+/// A `sink` logit (GPT-OSS) joins the denominator without a value of its own.
+fn softmax_causal(row: &mut [f32], visible: usize, sink: Option<f32>) {
     let (seen, future) = row.split_at_mut(visible);
-    let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let max = seen
+        .iter()
+        .copied()
+        .chain(sink)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = sink.map_or(0.0, |s| (s - max).exp());
     for s in seen.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
@@ -353,6 +367,18 @@ pub fn geglu_tanh(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter()
         .zip(up)
         .map(|(&g, &u)| 0.5 * g * (1.0 + (C * (g + 0.044715 * g * g * g)).tanh()) * u)
+        .collect()
+}
+
+/// GPT-OSS's clamped SwiGLU, elementwise (see `Activation::ClampedSwiglu`).
+pub fn clamped_swiglu(gate: &[f32], up: &[f32], alpha: f32, limit: f32) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = g.min(limit);
+            let u = u.clamp(-limit, limit);
+            (u + 1.0) * g / (1.0 + (-alpha * g).exp())
+        })
         .collect()
 }
 
