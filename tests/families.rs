@@ -597,3 +597,32 @@ fn latent_attention_caches_the_latent_only() {
         "{log}"
     );
 }
+
+/// A GPT-OSS checkpoint with MXFP4 experts (as released) is refused by name, not
+/// misread.
+#[test]
+fn mxfp4_gpt_oss_is_a_clear_error() {
+    let tmp = std::env::temp_dir().join(format!("smelt-families-mxfp4-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(dir().join("gpt_oss").join(f), tmp.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("gpt_oss/config.json")).unwrap())
+            .unwrap();
+    cfg["quantization_config"] = serde_json::json!({"quant_method": "mxfp4"});
+    std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
+    let spec = ModelSpec::Plain {
+        model_id: tmp.to_string_lossy().into_owned(),
+        revision: "main".into(),
+    };
+    let e = smelt::load(&spec, &LoadOptions::default())
+        .err()
+        .expect("mxfp4 refused");
+    assert!(format!("{e:#}").contains("mxfp4"), "{e:#}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -34,7 +34,7 @@ pub(super) struct Mlp {
 /// The block's feed-forward part.
 pub(super) enum Ffn {
     Dense(Mlp),
-    Moe(SparseMoe),
+    Moe(Box<SparseMoe>),
 }
 
 /// Names (within a layer) of the dense MLP's gate, up and down projections.
@@ -319,7 +319,9 @@ impl Block {
             None => AttnKind::Gqa(Attention::load(src, cfg, &p)?),
         };
         let ffn = match &cfg.moe {
-            Some(moe) if !cfg.layers[layer].dense_ffn => Ffn::Moe(SparseMoe::load(src, &p, moe)?),
+            Some(moe) if !cfg.layers[layer].dense_ffn => {
+                Ffn::Moe(Box::new(SparseMoe::load(src, &p, moe)?))
+            }
             _ => Ffn::Dense(Mlp::load_dense(src, &p, v)?),
         };
         let block = Self {
