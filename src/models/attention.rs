@@ -5,7 +5,7 @@
 
 use super::block::{attn_options, norm_weight, Batch};
 use super::config::{LayerKind, LayerRope, ModelConfig, QkNorm};
-use super::linear_rows::{apply_many, split_rows};
+use super::linear_rows::{apply_many, check_shape as check, split_rows, Projections};
 use super::ops;
 use super::rope::RopeRows;
 use super::{BatchItem, WeightSource};
@@ -20,10 +20,7 @@ const QKV_FUSED_NAME: &str = "self_attn.qkv_proj";
 
 /// The q/k/v projections: three linears, or one fused `qkv_proj` (Phi-3) whose output
 /// rows are q, then k, then v.
-pub(super) enum Qkv {
-    Split([Arc<dyn QuantLinear>; 3]),
-    Fused(Arc<dyn QuantLinear>),
-}
+pub(super) type Qkv = Projections<3>;
 
 pub(super) struct Attention {
     qkv: Qkv,
@@ -104,19 +101,13 @@ impl Attention {
     }
 
     pub(super) fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
-        let mut v: Vec<&Arc<dyn QuantLinear>> = match &self.qkv {
-            Qkv::Split(l) => l.iter().collect(),
-            Qkv::Fused(l) => vec![l],
-        };
+        let mut v = self.qkv.linears();
         v.push(&self.o);
         v
     }
 
     pub(super) fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
-        let mut v: Vec<&mut Arc<dyn QuantLinear>> = match &mut self.qkv {
-            Qkv::Split(l) => l.iter_mut().collect(),
-            Qkv::Fused(l) => vec![l],
-        };
+        let mut v = self.qkv.linears_mut();
         v.push(&mut self.o);
         v
     }
@@ -134,15 +125,6 @@ impl Attention {
         v.push(("self_attn.o_proj".to_string(), cfg.variant.o_bias));
         v
     }
-}
-
-fn check(name: &str, lin: &Arc<dyn QuantLinear>, shape: (usize, usize)) -> Result<()> {
-    anyhow::ensure!(
-        lin.shape() == shape,
-        "{name} has shape {:?}, the config implies {shape:?}",
-        lin.shape()
-    );
-    Ok(())
 }
 
 /// One sequence's query, key and value rows.

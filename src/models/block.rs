@@ -5,7 +5,7 @@
 
 use super::attention::Attention;
 use super::config::{Activation, LayerKind, ModelConfig, NormPlacement, Variant};
-use super::linear_rows::apply_many;
+use super::linear_rows::{apply_many, check_shape as check, Projections};
 use super::mla::LatentAttention;
 use super::moe::SparseMoe;
 use super::norm::Norm;
@@ -17,12 +17,9 @@ use anyhow::{Context, Result};
 use std::ops::Range;
 use std::sync::Arc;
 
-/// The gate and up projections: two linears, or one fused `gate_up_proj` (Phi-3) whose
-/// output rows are gate, then up.
-pub(super) enum GateUp {
-    Split([Arc<dyn QuantLinear>; 2]),
-    Fused(Arc<dyn QuantLinear>),
-}
+/// The gate and up projections: two linears, or one fused `gate_up_proj` (Phi-3,
+/// GPT-OSS's experts) whose output rows are gate, then up.
+pub(super) type GateUp = Projections<2>;
 
 /// A gated MLP: `down(act(gate x) · up x)`. Also one expert of a [`SparseMoe`].
 pub(super) struct Mlp {
@@ -120,15 +117,6 @@ pub(super) fn norm_weight(
     Ok(w)
 }
 
-fn check(name: &str, lin: &Arc<dyn QuantLinear>, shape: (usize, usize)) -> Result<()> {
-    anyhow::ensure!(
-        lin.shape() == shape,
-        "{name} has shape {:?}, the config implies {shape:?}",
-        lin.shape()
-    );
-    Ok(())
-}
-
 impl Mlp {
     /// `names`: the gate, up and down projections under layer prefix `p`.
     pub(super) fn load(src: &dyn WeightSource, p: &str, names: [&str; 3]) -> Result<Self> {
@@ -174,19 +162,13 @@ impl Mlp {
     }
 
     pub(super) fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
-        let mut v: Vec<&Arc<dyn QuantLinear>> = match &self.gate_up {
-            GateUp::Split(l) => l.iter().collect(),
-            GateUp::Fused(l) => vec![l],
-        };
+        let mut v = self.gate_up.linears();
         v.push(&self.down);
         v
     }
 
     pub(super) fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
-        let mut v: Vec<&mut Arc<dyn QuantLinear>> = match &mut self.gate_up {
-            GateUp::Split(l) => l.iter_mut().collect(),
-            GateUp::Fused(l) => vec![l],
-        };
+        let mut v = self.gate_up.linears_mut();
         v.push(&mut self.down);
         v
     }

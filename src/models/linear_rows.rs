@@ -7,6 +7,7 @@ use crate::quant::QuantLinear;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Splits rows of consecutive items into the calls a linear gets: prompts long enough
 /// for the GEMM path (which come first) share one call — one dequantization of each
@@ -125,4 +126,41 @@ pub(super) fn split_rows<'b>(
         buf = rest;
     }
     parts
+}
+
+/// Projections of one input as the checkpoint stores them: `N` linears, or one fused
+/// linear whose output rows are theirs in order (Phi-3's `qkv_proj`, `gate_up_proj`).
+pub(super) enum Projections<const N: usize> {
+    Split([Arc<dyn QuantLinear>; N]),
+    Fused(Arc<dyn QuantLinear>),
+}
+
+impl<const N: usize> Projections<N> {
+    pub(super) fn linears(&self) -> Vec<&Arc<dyn QuantLinear>> {
+        match self {
+            Self::Split(l) => l.iter().collect(),
+            Self::Fused(l) => vec![l],
+        }
+    }
+
+    pub(super) fn linears_mut(&mut self) -> Vec<&mut Arc<dyn QuantLinear>> {
+        match self {
+            Self::Split(l) => l.iter_mut().collect(),
+            Self::Fused(l) => vec![l],
+        }
+    }
+}
+
+/// A linear has the shape the config implies, or an error naming it.
+pub(super) fn check_shape(
+    name: &str,
+    lin: &Arc<dyn QuantLinear>,
+    shape: (usize, usize),
+) -> Result<()> {
+    anyhow::ensure!(
+        lin.shape() == shape,
+        "{name} has shape {:?}, the config implies {shape:?}",
+        lin.shape()
+    );
+    Ok(())
 }

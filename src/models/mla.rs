@@ -6,7 +6,7 @@
 
 use super::block::{norm_weight, Batch};
 use super::config::{MlaConfig, ModelConfig};
-use super::linear_rows::{apply, apply_many};
+use super::linear_rows::{apply, apply_many, check_shape};
 use super::ops::{self, AttnOptions};
 use super::rope::RopeRows;
 use super::WeightSource;
@@ -30,15 +30,6 @@ pub(super) struct LatentAttention {
     kv_norm: Vec<f32>,
     kv_b: Arc<dyn QuantLinear>,
     o: Arc<dyn QuantLinear>,
-}
-
-fn check(name: &str, lin: &Arc<dyn QuantLinear>, shape: (usize, usize)) -> Result<()> {
-    anyhow::ensure!(
-        lin.shape() == shape,
-        "self_attn.{name} has shape {:?}, the config implies {shape:?}",
-        lin.shape()
-    );
-    Ok(())
 }
 
 /// Rope on the `rope`-wide part that ends each `width`-wide head of `x` (token-major,
@@ -97,24 +88,24 @@ impl LatentAttention {
         let (h, heads) = (cfg.hidden_size, cfg.num_attention_heads);
         let qk = m.qk_nope_head_dim + m.qk_rope_head_dim;
         match &me.q {
-            QueryProj::Direct(q) => check("q_proj", q, (heads * qk, h))?,
+            QueryProj::Direct(q) => check_shape("self_attn.q_proj", q, (heads * qk, h))?,
             QueryProj::LowRank { a, b, .. } => {
                 let r = m.q_lora_rank.unwrap_or(0);
-                check("q_a_proj", a, (r, h))?;
-                check("q_b_proj", b, (heads * qk, r))?;
+                check_shape("self_attn.q_a_proj", a, (r, h))?;
+                check_shape("self_attn.q_b_proj", b, (heads * qk, r))?;
             }
         }
-        check(
-            "kv_a_proj_with_mqa",
+        check_shape(
+            "self_attn.kv_a_proj_with_mqa",
             &me.kv_a,
             (m.kv_lora_rank + m.qk_rope_head_dim, h),
         )?;
-        check(
-            "kv_b_proj",
+        check_shape(
+            "self_attn.kv_b_proj",
             &me.kv_b,
             (heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank),
         )?;
-        check("o_proj", &me.o, (h, heads * m.v_head_dim))?;
+        check_shape("self_attn.o_proj", &me.o, (h, heads * m.v_head_dim))?;
         Ok(me)
     }
 
