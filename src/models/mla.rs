@@ -235,7 +235,7 @@ impl LatentAttention {
                 kv_heads: heads,
                 head_dim: d,
             };
-            let o = ops::attention_slices(&qd, &k, &v, t, offset, lo, shape, opts)?;
+            let o = ops::attention_gemm(&qd, &k, &v, t, offset, lo, shape, opts)?;
             for head in o.chunks_exact(d) {
                 outs.extend_from_slice(&head[..vd]);
             }

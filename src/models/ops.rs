@@ -204,9 +204,10 @@ const GEMM_MIN_QUERIES: usize = 16;
 
 /// Prompt attention as two GEMMs per KV head (candle's, SIMD picked at run time), with
 /// the `rep` query heads sharing a KV head stacked so K and V are never copied per head.
-/// `k` and `v` hold positions `lo..offset + t`.
+/// `k` and `v` hold positions `lo..offset + t` as token-major slices (latent attention
+/// calls it directly on the keys and values it expands per pass).
 #[allow(clippy::too_many_arguments)]
-fn attention_gemm(
+pub(super) fn attention_gemm(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -285,22 +286,6 @@ fn attention_gemm(
         i0 += tc;
     }
     Ok(out)
-}
-
-/// Attention over keys and values held as token-major slices of positions
-/// `lo..offset + t` (latent attention expands them per pass), through the GEMM path.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_slices(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    t: usize,
-    offset: usize,
-    lo: usize,
-    shape: Heads,
-    opts: AttnOptions,
-) -> anyhow::Result<Vec<f32>> {
-    Ok(attention_gemm(q, k, v, t, offset, lo, shape, opts)?)
 }
 
 /// Queries per chunk of prompt attention.
