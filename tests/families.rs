@@ -332,7 +332,7 @@ fn bad_family_configs_are_clear_errors() {
 fn every_isq_type_and_re_isq_on_every_family() {
     let types = [
         "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2K", "Q3K", "Q4K", "Q5K", "Q6K", "Q8K",
-        "HQQ4", "HQQ8", "FP8", "AFQ2", "AFQ3", "AFQ4", "AFQ6", "AFQ8",
+        "HQQ4", "HQQ8", "FP8", "AFQ2", "AFQ3", "AFQ4", "AFQ6", "AFQ8", "MXFP4",
     ];
     for case in cases() {
         let (tokens, want) = expected(&case);

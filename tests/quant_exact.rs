@@ -76,3 +76,47 @@ fn imatrix_weighted_blocks_are_byte_identical_to_llama_quantize() {
         "differ from llama-quantize --imatrix: {differ:?}"
     );
 }
+
+/// MXFP4 against ggml's reference quantizer (gguf-py's `quants.MXFP4` from the llama.cpp
+/// sources, scripts/make-mxfp4-fixture.py), and its forward against its own dequantized
+/// weight.
+#[test]
+fn mxfp4_blocks_are_byte_identical_to_ggml() {
+    let weight = input();
+    let lin = smelt::quant::isq::quantize_linear(&weight, None, IsqType::Mxfp4).unwrap();
+    let m = lin
+        .as_any()
+        .downcast_ref::<smelt::quant::Mxfp4Linear>()
+        .expect("an MXFP4 layer");
+    assert!(
+        m.bytes() == fixture("MXFP4.bin").as_slice(),
+        "MXFP4 differs from ggml's bytes"
+    );
+    assert_eq!(lin.storage_name(), "MXFP4");
+    assert_eq!(lin.size_in_bytes(), 64 * 512 / 32 * 17);
+    let x = Tensor::from_vec(
+        (0..3 * 512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect(),
+        (3, 512),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let got: Vec<f32> = lin
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let want: Vec<f32> = x
+        .matmul(&lin.dequantize().unwrap().t().unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}

@@ -30,6 +30,8 @@ pub enum IsqType {
     Afq {
         bits: u8,
     },
+    /// MXFP4: E2M1 in blocks of 32 with an E8M0 scale (`quant/mxfp4.rs`).
+    Mxfp4,
 }
 
 /// The non-ggml methods, by name.
@@ -42,6 +44,7 @@ const METHOD_TYPES: &[(IsqType, &str)] = &[
     (IsqType::Afq { bits: 4 }, "AFQ4"),
     (IsqType::Afq { bits: 6 }, "AFQ6"),
     (IsqType::Afq { bits: 8 }, "AFQ8"),
+    (IsqType::Mxfp4, "MXFP4"),
 ];
 
 const GGML_TYPES: &[(GgmlDType, &str)] = &[
@@ -126,6 +129,7 @@ impl IsqType {
             Self::Afq { .. } => super::afq::DEFAULT_GROUP,
             // One scale per row: any row length.
             Self::Fp8 => 1,
+            Self::Mxfp4 => super::mxfp4::BLOCK,
         }
     }
 
@@ -283,6 +287,7 @@ fn quantize_method(
             bias,
         )?),
         IsqType::Fp8 => Arc::new(super::Fp8Linear::quantize(&data, rows, cols, bias)?),
+        IsqType::Mxfp4 => Arc::new(super::Mxfp4Linear::quantize(&data, rows, cols, bias)?),
         IsqType::Ggml(t) => bail!("{t:?} is a ggml type"),
     })
 }
