@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -313,6 +314,50 @@ def llama_perplexity(gguf_path, text_path):
     raise RuntimeError(f"llama-perplexity printed no estimate for {gguf_path}:\n{text[-2000:]}")
 
 
+def make_mxfp4_gpt_oss(prompt):
+    """The gpt_oss fixture with its experts stored as GPT-OSS releases them: MXFP4
+    `*_blocks` / `*_scales` (ggml's reference quantizer, repacked to the checkpoint's
+    nibble order) and `quant_method: mxfp4`; the reference logits are transformers'
+    own loading of that checkpoint (it dequantizes MXFP4 on the CPU)."""
+    from safetensors.torch import load_file, save_file
+    sys.path.insert(1, os.path.join(LLAMA, "gguf-py"))
+    from gguf import GGMLQuantizationType as T
+    from gguf.quants import quantize as gquant
+
+    src, d = os.path.join(OUT, "gpt_oss"), os.path.join(OUT, "gpt_oss_mxfp4")
+    os.makedirs(d, exist_ok=True)
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("mlp.experts.gate_up_proj") or name.endswith("mlp.experts.down_proj"):
+            w = t.float().transpose(1, 2).contiguous().numpy()  # (experts, out, in)
+            e, rows, cols = w.shape
+            g = gquant(w.reshape(e * rows, cols), T.MXFP4).reshape(e, rows, cols // 32, 17)
+            scales = g[..., 0]
+            codes = np.zeros((e, rows, cols // 32, 32), dtype=np.uint8)
+            codes[..., :16] = g[..., 1:] & 0x0F
+            codes[..., 16:] = g[..., 1:] >> 4
+            blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+            out[name + "_blocks"] = torch.from_numpy(np.ascontiguousarray(blocks))
+            out[name + "_scales"] = torch.from_numpy(np.ascontiguousarray(scales))
+        else:
+            out[name] = t
+    save_file(out, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"), indent=1)
+    for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        shutil.copy(os.path.join(src, f), os.path.join(d, f))
+    model = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0].float().numpy()
+    logits.astype("<f4").tofile(os.path.join(d, "logits.f32"))
+    print("gpt_oss_mxfp4", type(model.model.layers[0].mlp.experts).__name__)
+    return {"config_class": "GptOssConfig", "tokens": prompt, "max_abs_logit": float(np.abs(logits).max())}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     ref = {"prompt_tokens": PROMPT_TOKENS, "vocab": VOCAB, "ppl_ctx": PPL_CTX,
@@ -364,6 +409,7 @@ def main():
                     entry["llama_perplexity"] = llama_perplexity(gguf_path, os.path.join(OUT, "ppl.txt"))
             ref["cases"][case] = entry
             print(case, entry["entropy_nats"], entry.get("llama_perplexity"))
+        ref["cases"]["gpt_oss_mxfp4"] = make_mxfp4_gpt_oss(prompt)
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(ref, f, indent=1)
 

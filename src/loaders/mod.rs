@@ -9,6 +9,7 @@ pub mod gguf_tokenizer;
 pub mod gptq;
 pub mod hub;
 pub mod mlx;
+pub mod mxfp4;
 pub mod plain;
 pub mod prequantized;
 pub mod safetensors_file;

@@ -20,6 +20,8 @@ pub enum Prequantized {
     Awq(AwqQuant),
     Bnb(BnbQuant),
     Fp8(Fp8Quant),
+    /// GPT-OSS's MXFP4 experts (`loaders/mxfp4.rs`); everything else is dense.
+    Mxfp4,
 }
 
 impl Prequantized {
@@ -38,9 +40,10 @@ impl Prequantized {
                 Some("awq") => Self::Awq(AwqQuant::from_config(q)?),
                 Some("bitsandbytes") => Self::Bnb(BnbQuant::from_config(q)?),
                 Some("fp8") => Self::Fp8(Fp8Quant::from_config(q)?),
+                Some("mxfp4") => Self::Mxfp4,
                 None | Some("mlx") | Some("affine") => Self::Mlx(MlxQuant::from_config(q)?),
                 Some(other) => bail!(
-                    "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights (supported: MLX affine, GPTQ, AWQ, bitsandbytes, FP8)"
+                    "this is a prequantized `{other}` checkpoint; smelt does not load {other} weights (supported: MLX affine, GPTQ, AWQ, bitsandbytes, FP8, MXFP4)"
                 ),
             },
         ))
@@ -72,6 +75,7 @@ impl Prequantized {
                 format!("bitsandbytes checkpoint: 4-bit {kind:?}")
             }
             Self::Bnb(BnbQuant::Int8) => "bitsandbytes checkpoint: LLM.int8".to_string(),
+            Self::Mxfp4 => "MXFP4 checkpoint: expert layers in E2M1 blocks of 32".to_string(),
             Self::Fp8(f) => match f.block {
                 Some((r, c)) => format!("FP8 checkpoint: E4M3 with [{r}, {c}] scale blocks"),
                 None => "FP8 checkpoint: E4M3 with one scale per tensor".to_string(),
@@ -93,6 +97,7 @@ impl Prequantized {
             Self::Awq(q) => super::awq::layer(files, name, *q, bias),
             Self::Bnb(_) => super::bnb::layer(files, name, bias),
             Self::Fp8(q) => super::fp8::layer(files, name, *q, bias),
+            Self::Mxfp4 => super::mxfp4::layer(files, name, bias),
         }
     }
 }
