@@ -129,15 +129,15 @@ CASES = {
                          "short_mscale": 1.1, "long_mscale": 1.3,
                          "short_factor": [1.0, 1.1, 1.2, 1.4, 1.6, 2.0, 2.5, 3.0],
                          "long_factor": [1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0]})),
-    # Attention sinks, alternating sliding (24) and full layers, YaRN without truncation,
-    # biased router and experts stacked (experts, in, out) with interleaved gate/up and
-    # the clamped SwiGLU. (GGUF waits for MXFP4.)
-    "gpt_oss": dict(cls="GptOssConfig", gguf=False, cfg=dict(
+    # Attention sinks, alternating sliding (24) and full layers, biased router and experts
+    # stacked (experts, in, out) with interleaved gate/up and the clamped SwiGLU. Plain
+    # rope: llama.cpp's converter drops transformers 5's `rope_parameters` YaRN for this
+    # family, so a YaRN fixture's GGUF would be another model. (Its GGUF comes from the
+    # dense f32 conversion here, and MXFP4 from the variant below.)
+    "gpt_oss": dict(cls="GptOssConfig", gguf=True, cfg=dict(
         intermediate_size=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=24,
         layer_types=["sliding_attention", "full_attention"] * 2, attention_bias=True,
-        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 4.0,
-                         "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0,
-                         "truncate": False})),
+        rope_parameters={"rope_type": "default", "rope_theta": 150000.0})),
     # Gemma 2 with query_pre_attn_scalar != head_dim (as Gemma 2 27B): config.json only,
     # since a GGUF carries no such key (llama.cpp derives the scale from the layer count).
     "gemma2_qpas": dict(cls="Gemma2Config", gguf=False, cfg=dict(
@@ -355,7 +355,15 @@ def make_mxfp4_gpt_oss(prompt):
         logits = model(torch.tensor([prompt])).logits[0].float().numpy()
     logits.astype("<f4").tofile(os.path.join(d, "logits.f32"))
     print("gpt_oss_mxfp4", type(model.model.layers[0].mlp.experts).__name__)
-    return {"config_class": "GptOssConfig", "tokens": prompt, "max_abs_logit": float(np.abs(logits).max())}
+    entry = {"config_class": "GptOssConfig", "tokens": prompt, "max_abs_logit": float(np.abs(logits).max())}
+    # llama.cpp's converter keeps the MXFP4 blocks as GGUF MXFP4 tensors.
+    gguf_path = os.path.join(d, "model.gguf")
+    convert(d, gguf_path)
+    # Informational only: llama.cpp's CPU MXFP4 product quantizes activations to q8_0,
+    # about 1 % of perplexity away from the f32 arithmetic transformers and smelt use
+    # (its dense gpt_oss GGUF agrees with smelt; tests/families.rs checks that one).
+    entry["llama_perplexity_q8_activations"] = llama_perplexity(gguf_path, os.path.join(OUT, "ppl.txt"))
+    return entry
 
 
 def main():

@@ -615,4 +615,10 @@ fn mxfp4_gpt_oss_experts_load_as_stored() {
     let (tokens, want) = expected("gpt_oss_mxfp4");
     let (err, flips) = compare(&logits(&engine, &tokens), &want);
     assert!(err < 1e-4 && flips == 0, "{err:.2e}, {flips} flips");
+    // llama.cpp's converter keeps them MXFP4 in the GGUF (split into gate and up).
+    let g = smelt::load(&gguf("gpt_oss_mxfp4").unwrap(), &LoadOptions::default()).unwrap();
+    for (name, storage) in g.model.linear_storage_by_name() {
+        let expert = name.contains(".experts.");
+        assert_eq!(storage, if expert { "MXFP4" } else { "F32" }, "GGUF {name}");
+    }
 }

@@ -124,7 +124,7 @@ impl GgufMeta for ArchMeta<'_> {
         match self.file.tensor_info(name) {
             Some(info) => Ok(Some(
                 qtensor_from_ggml(
-                    info.dtype,
+                    info.dtype()?,
                     self.file.tensor_bytes(info),
                     info.shape(),
                     &Device::Cpu,
@@ -268,9 +268,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         Architecture::DeepSeekV2 | Architecture::DeepSeekV3 => {
             models::deepseek::gguf(&am, &mut cfg)?
         }
-        Architecture::GptOss => bail!(
-            "gpt-oss GGUF files are not supported yet (their experts are MXFP4, which smelt does not read yet); load the Hugging Face checkpoint with `plain`"
-        ),
+        Architecture::GptOss => models::gpt_oss::gguf(&am, &mut cfg)?,
         Architecture::PhiMoe => bail!(
             "phimoe GGUF files are not supported: llama.cpp runs Phi-3.5-MoE with RMSNorm and softmax routing, not the model's LayerNorm and sparsemixer; load the Hugging Face checkpoint with `plain`"
         ),
@@ -315,7 +313,7 @@ pub(crate) fn gguf_name(hf: &str, norms: NormPlacement) -> Result<String> {
                 // llama.cpp keeps Phi-3's fused gate and up in ffn_up (gate rows first).
                 "mlp.gate_up_proj" => "ffn_up",
                 "mlp.down_proj" => "ffn_down",
-                "block_sparse_moe.gate" | "mlp.gate" => "ffn_gate_inp",
+                "block_sparse_moe.gate" | "mlp.gate" | "mlp.router" => "ffn_gate_inp",
                 "input_layernorm" => "attn_norm",
                 // Before the FFN in Llama; after attention where norms sandwich or follow.
                 "post_attention_layernorm" if norms == NormPlacement::Pre => "ffn_norm",
@@ -435,9 +433,9 @@ impl GgufSource {
                     "tensor {gguf}: {rows} rows do not split into {heads} rotary heads"
                 );
                 let reordered = unpermute_rows(bytes, rows, row_bytes, heads);
-                qtensor_from_ggml(info.dtype, &reordered, shape, &self.device)?
+                qtensor_from_ggml(info.dtype()?, &reordered, shape, &self.device)?
             }
-            None => qtensor_from_ggml(info.dtype, bytes, shape, &self.device)?,
+            None => qtensor_from_ggml(info.dtype()?, bytes, shape, &self.device)?,
         };
         if last_part {
             self.file.release(info);
@@ -464,6 +462,42 @@ impl GgufSource {
 }
 
 impl GgufSource {
+    /// Tensor `gguf` (or one expert's slice of it) as an MXFP4 layer when the file stores
+    /// it as MXFP4 (GPT-OSS's experts); None for every other type.
+    fn mxfp4_part(
+        &self,
+        gguf: &str,
+        expert: Option<usize>,
+        bias: Option<Tensor>,
+    ) -> Result<Option<crate::quant::Mxfp4Linear>> {
+        let Some(info) = self.file.tensor_info(gguf) else {
+            return Ok(None);
+        };
+        if info.ty != super::gguf_file::TensorType::Mxfp4 {
+            return Ok(None);
+        }
+        let mut shape = info.shape();
+        let mut bytes = self.file.tensor_bytes(info);
+        if let Some(e) = expert {
+            anyhow::ensure!(
+                shape.len() == 3 && e < shape[0],
+                "tensor {gguf} of shape {shape:?} holds no expert {e}"
+            );
+            let per = bytes.len() / shape[0];
+            bytes = &bytes[e * per..(e + 1) * per];
+            shape.remove(0);
+        }
+        anyhow::ensure!(
+            shape.len() == 2,
+            "MXFP4 tensor {gguf} of shape {shape:?} is not a matrix"
+        );
+        let lin = crate::quant::Mxfp4Linear::from_bytes(bytes.to_vec(), shape[0], shape[1], bias)?;
+        if expert.is_none_or(|e| e + 1 == info.shape()[0]) {
+            self.file.release(info);
+        }
+        Ok(Some(lin))
+    }
+
     /// DeepSeek's `kv_b_proj` from the `attn_k_b` / `attn_v_b` pair llama.cpp's converter
     /// splits it into (k_b per head transposed to lora × nope, v_b per head v × lora):
     /// per head, the nope rows then the v rows, as in the checkpoint. None when the file
@@ -532,10 +566,16 @@ impl WeightSource for GgufSource {
         isq: Option<IsqType>,
     ) -> Result<Arc<dyn QuantLinear>> {
         let heads = self.rope_heads(name);
-        let bias = if bias {
-            Some(self.dense_tensor(&format!("{}.bias", gguf_name(name, self.norms)?), heads)?)
-        } else {
-            None
+        let bias = match (bias, expert_parts(name)) {
+            (false, _) => None,
+            // One expert's row of llama.cpp's stacked `ffn_*_exps.bias` (experts, out).
+            (true, Some((layer, kind, e))) => Some(
+                self.dense_tensor(&format!("blk.{layer}.ffn_{kind}_exps.bias"), None)?
+                    .get(e)?,
+            ),
+            (true, None) => {
+                Some(self.dense_tensor(&format!("{}.bias", gguf_name(name, self.norms)?), heads)?)
+            }
         };
         if name.ends_with("self_attn.kv_b_proj") {
             if let Some(w) = self.kv_b_from_split(name)? {
@@ -546,6 +586,12 @@ impl WeightSource for GgufSource {
             }
         }
         let (tensor, expert) = self.tensor_for(name)?;
+        if let Some(lin) = self.mxfp4_part(&tensor, expert, bias.clone())? {
+            return match isq {
+                Some(ty) => self.opts.quantize(name, &lin.dequantize()?, bias, ty),
+                None => Ok(Arc::new(lin)),
+            };
+        }
         let q = self.qtensor_part(&tensor, heads, expert)?;
         let lin = GgmlLinear::new(Arc::new(q), bias)?;
         match isq {
@@ -557,7 +603,15 @@ impl WeightSource for GgufSource {
         }
     }
     fn dense(&self, name: &str) -> Result<Tensor> {
-        self.dense_tensor(&format!("{}.weight", gguf_name(name, self.norms)?), None)
+        let gguf = format!("{}.weight", gguf_name(name, self.norms)?);
+        // llama.cpp's gpt-oss keeps Llama's pre-FFN norm under `post_attention_norm`.
+        if self.file.tensor_info(&gguf).is_none() && name.ends_with("post_attention_layernorm") {
+            let alt = gguf.replace("ffn_norm", "post_attention_norm");
+            if self.file.tensor_info(&alt).is_some() {
+                return self.dense_tensor(&alt, None);
+            }
+        }
+        self.dense_tensor(&gguf, None)
     }
     fn dense_raw(&self, name: &str) -> Result<Tensor> {
         let gguf = match name.rsplit_once('.') {
@@ -565,6 +619,11 @@ impl WeightSource for GgufSource {
             Some((module, "e_score_correction_bias")) => format!(
                 "{}.bias",
                 gguf_name(module, self.norms)?.replace("ffn_gate_inp", "exp_probs_b")
+            ),
+            // GPT-OSS's per-head sinks: llama.cpp's `attn_sinks.weight`.
+            Some((module, "sinks")) => format!(
+                "{}.weight",
+                gguf_name(&format!("{module}.q_proj"), self.norms)?.replace("attn_q", "attn_sinks")
             ),
             Some((module, suffix)) => format!("{}.{suffix}", gguf_name(module, self.norms)?),
             None => bail!("no GGUF name for {name}"),

@@ -72,18 +72,61 @@ impl GgufValue {
     }
 }
 
+/// A tensor's storage type: one candle knows, or MXFP4 (ggml type 39), which smelt
+/// reads itself (`quant/mxfp4.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorType {
+    Ggml(GgmlDType),
+    Mxfp4,
+}
+
+/// ggml's id of MXFP4.
+const MXFP4_ID: u32 = 39;
+
+impl TensorType {
+    fn from_id(id: u32) -> Result<Self> {
+        match id {
+            MXFP4_ID => Ok(Self::Mxfp4),
+            _ => Ok(Self::Ggml(ggml_dtype_from_id(id)?)),
+        }
+    }
+    fn block_size(self) -> usize {
+        match self {
+            Self::Ggml(d) => d.block_size(),
+            Self::Mxfp4 => crate::quant::mxfp4::BLOCK,
+        }
+    }
+    fn type_size(self) -> usize {
+        match self {
+            Self::Ggml(d) => d.type_size(),
+            Self::Mxfp4 => crate::quant::mxfp4::BLOCK_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GgufTensorInfo {
     pub name: String,
     /// Dimensions in ggml order (innermost first).
     pub ggml_dims: Vec<usize>,
-    pub dtype: GgmlDType,
+    pub ty: TensorType,
     /// Absolute byte offset in the file.
     pub offset: usize,
     pub nbytes: usize,
 }
 
 impl GgufTensorInfo {
+    /// The candle dtype of a tensor candle can hold; MXFP4 is an error naming it.
+    pub fn dtype(&self) -> Result<GgmlDType> {
+        match self.ty {
+            TensorType::Ggml(d) => Ok(d),
+            TensorType::Mxfp4 => bail!(
+                "tensor {} is MXFP4, which only MoE expert weights may use here",
+                self.name
+            ),
+        }
+    }
+
     /// Dimensions in row-major (safetensors / candle) order.
     pub fn shape(&self) -> Vec<usize> {
         self.ggml_dims.iter().rev().copied().collect()
@@ -248,7 +291,7 @@ impl GgufFile {
             for _ in 0..n_dims {
                 dims.push(c.u64()? as usize);
             }
-            let dtype = ggml_dtype_from_id(c.u32()?).with_context(|| format!("tensor {name}"))?;
+            let dtype = TensorType::from_id(c.u32()?).with_context(|| format!("tensor {name}"))?;
             let offset = c.u64()?;
             raw.push((name, dims, dtype, offset));
         }
@@ -267,8 +310,8 @@ impl GgufFile {
                 .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
                 .with_context(|| format!("tensor {name}: element count overflows"))?;
             let bs = dtype.block_size() as u64;
-            if !(dims[0] as u64).is_multiple_of(bs) {
-                bail!("tensor {name}: row length {} is not a multiple of the {dtype:?} block size {bs}", dims[0]);
+            if dims.is_empty() || !(dims[0] as u64).is_multiple_of(bs) {
+                bail!("tensor {name}: row length {:?} is not a multiple of the {dtype:?} block size {bs}", dims.first());
             }
             let nbytes = elems / bs * dtype.type_size() as u64;
             let offset = data_start + rel;
@@ -282,7 +325,7 @@ impl GgufFile {
             tensors.push(GgufTensorInfo {
                 name,
                 ggml_dims: dims,
-                dtype,
+                ty: dtype,
                 offset: offset as usize,
                 nbytes: nbytes as usize,
             });
@@ -319,7 +362,7 @@ impl GgufFile {
         let info = self
             .tensor_info(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        qtensor_from_ggml(info.dtype, self.tensor_bytes(info), info.shape(), device)
+        qtensor_from_ggml(info.dtype()?, self.tensor_bytes(info), info.shape(), device)
             .with_context(|| format!("loading tensor {name}"))
     }
 }

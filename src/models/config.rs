@@ -56,7 +56,7 @@ impl Architecture {
             "deepseek_v2" | "deepseekv2forcausallm" | "deepseek2" => Self::DeepSeekV2,
             "deepseek_v3" | "deepseekv3forcausallm" => Self::DeepSeekV3,
             "phimoe" | "phimoeforcausallm" => Self::PhiMoe,
-            "gpt_oss" | "gptossforcausallm" => Self::GptOss,
+            "gpt_oss" | "gpt-oss" | "gptossforcausallm" => Self::GptOss,
             _ => bail!("unsupported architecture `{name}`; supported: {SUPPORTED_ARCHITECTURES}"),
         })
     }

@@ -135,8 +135,12 @@ impl Imatrix {
                 .tensor_info(&counts_name)
                 .with_context(|| format!("{} has no {counts_name}", info.name))?;
             let as_f32 = |i: &crate::loaders::gguf_file::GgufTensorInfo| -> Result<Vec<f32>> {
-                if i.dtype != candle_core::quantized::GgmlDType::F32 {
-                    bail!("{} is {:?}, expected F32", i.name, i.dtype);
+                if i.ty
+                    != crate::loaders::gguf_file::TensorType::Ggml(
+                        candle_core::quantized::GgmlDType::F32,
+                    )
+                {
+                    bail!("{} is {:?}, expected F32", i.name, i.ty);
                 }
                 Ok(f.tensor_bytes(i)
                     .chunks_exact(4)
