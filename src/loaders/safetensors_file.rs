@@ -79,13 +79,7 @@ impl SafetensorsFiles {
     /// Copies one tensor out of the map (on the CPU) and releases its pages.
     pub fn load(&self, name: &str) -> Result<Tensor> {
         let (shard, start, end, info) = self.locate(name)?;
-        let view = TensorView::new(info.dtype, info.shape.clone(), &shard.mmap[start..end])
-            .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
-        let tensor = view
-            .load(&Device::Cpu)
-            .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
-        release_pages(&shard.mmap, start, end);
-        Ok(tensor)
+        copy_out(shard, name, info.dtype, info.shape.clone(), start, end)
     }
 
     /// Slice `index` of tensor `name`'s outermost dimension (one expert of a stacked
@@ -100,13 +94,7 @@ impl SafetensorsFiles {
         );
         let per = (end - start) / outer;
         let (from, to) = (start + index * per, start + (index + 1) * per);
-        let view = TensorView::new(info.dtype, info.shape[1..].to_vec(), &shard.mmap[from..to])
-            .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
-        let tensor = view
-            .load(&Device::Cpu)
-            .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
-        release_pages(&shard.mmap, from, to);
-        Ok(tensor)
+        copy_out(shard, name, info.dtype, info.shape[1..].to_vec(), from, to)
     }
 
     /// The shard holding `name`, the tensor's byte range in its map, and its header entry.
@@ -129,6 +117,24 @@ impl SafetensorsFiles {
             info,
         ))
     }
+}
+
+/// Bytes `from..to` of a shard's map as a tensor on the CPU, their pages then released.
+fn copy_out(
+    shard: &Shard,
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    from: usize,
+    to: usize,
+) -> Result<Tensor> {
+    let view = TensorView::new(dtype, shape, &shard.mmap[from..to])
+        .map_err(|e| anyhow::anyhow!("tensor {name} in {}: {e:?}", shard.path.display()))?;
+    let tensor = view
+        .load(&Device::Cpu)
+        .with_context(|| format!("reading tensor {name} from {}", shard.path.display()))?;
+    release_pages(&shard.mmap, from, to);
+    Ok(tensor)
 }
 
 /// Drops the whole pages inside `start..end` from this process's resident set (they
