@@ -93,7 +93,14 @@ fn logits_match_transformers_from_both_loaders() {
         let (tokens, want) = expected(&case);
         assert!(tokens.len() >= 64);
         let mut specs = vec![("plain", plain(&case))];
-        specs.extend(gguf(&case).map(|g| ("gguf", g)));
+        // A GGUF that runs with llama.cpp's semantics (Phi-3.5-MoE) is checked by its
+        // perplexity against llama.cpp instead.
+        let llama_semantics = reference()["cases"][&case]["gguf_semantics"] == "llama.cpp";
+        specs.extend(
+            gguf(&case)
+                .filter(|_| !llama_semantics)
+                .map(|g| ("gguf", g)),
+        );
         for (what, spec) in specs {
             let engine = load(&spec, &LoadOptions::default());
             let (err, flips) = compare(&logits(&engine, &tokens), &want);
@@ -125,7 +132,9 @@ fn logits_match_transformers_from_both_loaders() {
     }
 }
 
-/// smelt's perplexity on llama.cpp's GGUF equals llama-perplexity's within 0.5 %.
+/// smelt's perplexity on llama.cpp's GGUF equals llama-perplexity's (f32 KV cache, no
+/// flash attention) within 0.05 %: a tenth of the 0.5 %, since both compute in f32
+/// and agree to about 1e-6.
 #[test]
 fn gguf_perplexity_matches_llama_cpp() {
     let r = reference();
@@ -143,7 +152,7 @@ fn gguf_perplexity_matches_llama_cpp() {
             .ppl;
         let ratio = got / want;
         eprintln!("{case}: smelt {got:.4}, llama.cpp {want:.4}, ratio {ratio:.5}");
-        assert!((ratio - 1.0).abs() < 0.005, "{case}: {got} vs {want}");
+        assert!((ratio - 1.0).abs() < 5e-4, "{case}: {got} vs {want}");
     }
 }
 

@@ -136,6 +136,12 @@ impl GgufMeta for ArchMeta<'_> {
             None => Ok(None),
         }
     }
+    fn has_tensor(&self, name: &str) -> bool {
+        self.file.tensor_info(name).is_some()
+    }
+    fn arch(&self) -> &str {
+        self.arch
+    }
 }
 
 /// llama.cpp's generic rope keys: dimension count, scaling type and its parameters,
@@ -269,9 +275,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
             models::deepseek::gguf(&am, &mut cfg)?
         }
         Architecture::GptOss => models::gpt_oss::gguf(&am, &mut cfg)?,
-        Architecture::PhiMoe => bail!(
-            "phimoe GGUF files are not supported: llama.cpp runs Phi-3.5-MoE with RMSNorm and softmax routing, not the model's LayerNorm and sparsemixer; load the Hugging Face checkpoint with `plain`"
-        ),
+        Architecture::PhiMoe => models::phimoe::gguf(&am, &mut cfg)?,
     }
     cfg.validate()?;
     Ok(cfg)

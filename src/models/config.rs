@@ -151,6 +151,8 @@ pub struct Variant {
     pub logit_scale: f32,
     /// LayerNorm with bias instead of RMSNorm for the block and final norms (Phi-3.5-MoE).
     pub layer_norm: bool,
+    /// RMSNorm plus a bias (llama.cpp's reading of a Phi-3.5-MoE GGUF).
+    pub norm_bias: bool,
     /// A bias on the attention output projection (Phi-3.5-MoE's `attention_bias`).
     pub o_bias: bool,
     /// A bias on the output head (`lm_head_bias`).
@@ -175,6 +177,7 @@ impl Default for Variant {
             final_softcap: None,
             logit_scale: 1.0,
             layer_norm: false,
+            norm_bias: false,
             o_bias: false,
             head_bias: false,
             attn_sinks: false,
@@ -599,6 +602,15 @@ pub trait GgufMeta {
     fn text(&self, key: &str) -> Option<String>;
     /// A small tensor as f32 values, if the file has it.
     fn tensor(&self, name: &str) -> Result<Option<Vec<f32>>>;
+    fn has_tensor(&self, name: &str) -> bool;
+    /// The architecture's name in the keys (`qwen3moe`), for messages.
+    fn arch(&self) -> &str;
+    /// A count the family cannot do without: an error naming the key when absent.
+    fn count(&self, key: &str) -> Result<usize> {
+        self.num(key)
+            .map(|v| v as usize)
+            .with_context(|| format!("GGUF metadata has no {}.{key}", self.arch()))
+    }
 }
 
 /// Sliding layers from llama.cpp's `attention.sliding_window_pattern`: a per-layer

@@ -9,7 +9,7 @@
 use super::config::{GgufMeta, HfFields, MlaConfig, ModelConfig, MoeConfig};
 use super::moe::{MoeNames, Router};
 use super::rope::RopeScaling;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// The softmax scale: 1/√(q/k head), times mscale(factor, mscale_all_dim)² under YaRN.
 fn mla_scale(cfg: &ModelConfig) -> f32 {
@@ -105,11 +105,7 @@ pub fn hf(f: &HfFields, cfg: &mut ModelConfig, v3: bool) -> Result<()> {
 /// expert groups ranks groups by their best score, as transformers does (llama.cpp
 /// ranks by the sum of the two best; docs/FAMILIES.md).
 pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
-    let n = |k: &str| {
-        g.num(k)
-            .map(|v| v as usize)
-            .with_context(|| format!("GGUF deepseek2 metadata has no {k}"))
-    };
+    let n = |k: &str| g.count(k);
     let rope = n("rope.dimension_count")?;
     let qk = n("attention.key_length_mla")?;
     let m = MlaConfig {

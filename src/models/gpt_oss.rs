@@ -8,7 +8,7 @@
 use super::config::{Activation, GgufMeta, HfFields, ModelConfig, MoeConfig};
 use super::moe::{MoeNames, Router};
 use super::rope::RopeScaling;
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
     let fam = "gpt_oss";
@@ -45,11 +45,7 @@ pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
 /// YaRN, when the file has it, keeps the model's untruncated correction range (real
 /// configs say `truncate: false`; ggml truncates, docs/FAMILIES.md).
 pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
-    let n = |k: &str| {
-        g.num(k)
-            .map(|v| v as usize)
-            .with_context(|| format!("GGUF gpt-oss metadata has no {k}"))
-    };
+    let n = |k: &str| g.count(k);
     cfg.qkv_bias = true;
     let v = &mut cfg.variant;
     v.o_bias = true;

@@ -27,6 +27,11 @@ pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
             cfg.num_hidden_layers
         ];
     }
+    longrope_from_gguf(g, cfg)
+}
+
+/// LongRoPE from llama.cpp's `rope_factors_long/short` tensors and scaling keys.
+pub(super) fn longrope_from_gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
     if let Some(long) = g.tensor("rope_factors_long.weight")? {
         let short = g
             .tensor("rope_factors_short.weight")?

@@ -1,10 +1,12 @@
 //! Phi-3.5-MoE: Phi-3's LongRoPE and window with split q/k/v (biases on q, k, v and o
 //! when `attention_bias`), LayerNorm with bias in place of RMSNorm, a biased head
 //! (`lm_head_bias`) and Mixtral's expert layout (`block_sparse_moe.experts.{e}.w1/w3/w2`)
-//! routed by sparsemixer (top-2 only). transformers is the reference; llama.cpp runs the
-//! family through its Phi-3 graph (RMSNorm, softmax top-2), so its GGUF is not read.
+//! routed by sparsemixer (top-2 only). transformers is the reference for checkpoints.
+//! A GGUF is llama.cpp's artifact and runs as llama.cpp runs it — RMSNorm plus bias,
+//! softmax top-2 renormalised, no window — because it carries neither the LayerNorm
+//! centring nor sparsemixer's margin, and users of a GGUF expect llama.cpp's outputs.
 
-use super::config::{HfFields, ModelConfig, MoeConfig};
+use super::config::{GgufMeta, HfFields, ModelConfig, MoeConfig};
 use super::moe::{MoeNames, Router};
 use anyhow::{bail, Result};
 
@@ -26,6 +28,24 @@ pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
         router: Router::SparseMixer {
             jitter_eps: f.opt_f64("router_jitter_noise")?.unwrap_or(0.01) as f32,
         },
+        expert_intermediate: cfg.intermediate_size,
+        shared_intermediate: None,
+        routed_scale: 1.0,
+        names: MoeNames::MIXTRAL,
+    });
+    Ok(())
+}
+
+pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
+    super::phi3::longrope_from_gguf(g, cfg)?;
+    let v = &mut cfg.variant;
+    v.norm_bias = true;
+    v.o_bias = g.has_tensor("blk.0.attn_output.bias");
+    v.head_bias = g.has_tensor("output.bias");
+    cfg.moe = Some(MoeConfig {
+        num_experts: g.count("expert_count")?,
+        top_k: g.count("expert_used_count")?,
+        router: Router::SoftmaxTopK { renormalize: true },
         expert_intermediate: cfg.intermediate_size,
         shared_intermediate: None,
         routed_scale: 1.0,

@@ -47,11 +47,7 @@ pub fn hf(f: &HfFields, cfg: &mut ModelConfig) -> Result<()> {
 
 pub fn gguf(g: &dyn GgufMeta, cfg: &mut ModelConfig) -> Result<()> {
     cfg.variant.qk_norm = QkNorm::PerHead;
-    let n = |k: &str| {
-        g.num(k)
-            .map(|v| v as usize)
-            .with_context(|| format!("GGUF qwen3moe metadata has no {k}"))
-    };
+    let n = |k: &str| g.count(k);
     cfg.moe = Some(MoeConfig {
         num_experts: n("expert_count")?,
         top_k: n("expert_used_count")?,
