@@ -321,6 +321,7 @@ fn a_full_kv_cache_queues_and_preempts_without_failing() {
         },
         stop: vec![],
         logprobs: None,
+        constraint: None,
     };
     let run = |rxs: Vec<tokio::sync::mpsc::UnboundedReceiver<SeqEvent>>| {
         rt.block_on(async {

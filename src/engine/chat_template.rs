@@ -1,15 +1,26 @@
 //! Chat templates rendered the way transformers renders them: Jinja with trim_blocks and
 //! lstrip_blocks, Python string methods, `raise_exception`, `tojson`, and the variables
-//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+//! `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, and `tools` when a
+//! request offers tools (OpenAI's `{"type": "function", "function": {…}}` objects, as
+//! transformers' `apply_chat_template(tools=…)` passes them).
 
 use anyhow::{Context, Result};
 use minijinja::{Environment, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls: `{"id", "type": "function", "function": {"name",
+    /// "arguments"}}`, the arguments as a JSON object (what templates expect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` turn: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -17,12 +28,16 @@ impl ChatMessage {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -47,20 +62,40 @@ impl ChatTemplate {
             .context("the chat template does not parse")?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.unwrap_or_default().to_string(),
             eos_token: eos_token.unwrap_or_default().to_string(),
         })
     }
 
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// `tools`: the functions offered, or None (the variable is then undefined, as in
+    /// transformers without `tools=`).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self.env.get_template("chat")?;
+        let tools = tools.map(Value::from_serialize);
         tmpl.render(minijinja::context! {
             messages => Value::from_serialize(messages),
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
         })
         .map_err(|e| anyhow::anyhow!("rendering the chat template failed: {e:#}"))
+    }
+}
+
+impl ChatTemplate {
+    pub fn source(&self) -> &str {
+        &self.source
     }
 }
 

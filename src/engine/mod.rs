@@ -2,16 +2,19 @@
 //! terminals: fronts hand it token ids or chat messages and get text back.
 
 pub mod chat_template;
+pub mod constraint;
 pub mod kv_cache;
 pub mod metrics;
 pub mod sampling;
 pub mod scheduler;
 pub mod stream;
+pub mod tools;
 
 use crate::loaders::{LoadedModel, TokenizerAssets};
 use crate::models::CausalLm;
 use anyhow::{bail, Context, Result};
 use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
+use constraint::{Constraint, GrammarCompiler, GrammarSpec};
 use kv_cache::KvCache;
 use sampling::{Sampler, SamplingParams};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +75,8 @@ pub struct Engine {
     pub assets: TokenizerAssets,
     pub model_name: String,
     template: ChatTemplate,
+    /// Built on the first constrained request (it walks the whole vocabulary once).
+    grammar: std::sync::OnceLock<Result<std::sync::Arc<GrammarCompiler>, String>>,
 }
 
 impl Engine {
@@ -87,6 +92,7 @@ impl Engine {
             assets: loaded.assets,
             model_name: loaded.name,
             template,
+            grammar: std::sync::OnceLock::new(),
         })
     }
 
@@ -102,6 +108,27 @@ impl Engine {
             start.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+
+    /// Compiles a grammar against this model's vocabulary.
+    pub fn compile_grammar(&self, spec: &GrammarSpec) -> Result<Constraint> {
+        let compiler = self.grammar.get_or_init(|| {
+            let start = std::time::Instant::now();
+            let eos = self.assets.eos_token_ids.first().copied().unwrap_or(0);
+            let r =
+                GrammarCompiler::new(&self.assets.tokenizer, eos, self.model.config().vocab_size)
+                    .map(std::sync::Arc::new)
+                    .map_err(|e| format!("{e:#}"));
+            tracing::info!(
+                "constrained decoding ready in {:.2}s",
+                start.elapsed().as_secs_f64()
+            );
+            r
+        });
+        match compiler {
+            Ok(c) => c.compile(spec),
+            Err(e) => bail!("constrained decoding is unavailable for this model: {e}"),
+        }
     }
 
     pub fn new_session(&self) -> Session {
@@ -135,6 +162,48 @@ impl Engine {
 
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         self.template.render(messages, true)
+    }
+
+    /// How this model's template writes tool calls.
+    pub fn tool_format(&self) -> tools::ToolFormat {
+        tools::ToolFormat::detect(self.template.source())
+    }
+
+    /// Renders and tokenizes a chat that offers tools: native formats hand the template
+    /// `tools`; the generic one adds its description as a system message (merged into
+    /// the first system message if there is one).
+    pub fn chat_tokens_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        setup: &tools::ToolSetup,
+    ) -> Result<Vec<u32>> {
+        let text = match setup.generic_prompt() {
+            Some(prompt) => {
+                let mut msgs = messages.to_vec();
+                match msgs.first_mut().filter(|m| m.role == "system") {
+                    Some(sys) => sys.content = format!("{}\n\n{prompt}", sys.content),
+                    None => msgs.insert(0, ChatMessage::new("system", &prompt)),
+                }
+                self.template.render(&msgs, true)?
+            }
+            None if setup.format.template_takes_tools()
+                && setup.choice != tools::ToolChoice::None =>
+            {
+                let offered: Vec<serde_json::Value> =
+                    setup.offered().iter().map(|t| t.to_json()).collect();
+                self.template
+                    .render_with_tools(messages, Some(&offered), true)?
+            }
+            None => self.template.render(messages, true)?,
+        };
+        self.tokenize(&text, false)
+    }
+
+    /// The grammar for a request's tools, markers spelled as their own tokens where the
+    /// vocabulary has them.
+    pub fn tool_grammar(&self, setup: &tools::ToolSetup) -> Option<GrammarSpec> {
+        let tok = &self.assets.tokenizer;
+        tools::tool_grammar(setup, &|m: &str| tok.token_to_id(m))
     }
 
     /// Renders and tokenizes a chat, ready for generation.

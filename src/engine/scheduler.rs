@@ -9,6 +9,7 @@
 //! Fronts talk to it through [`SchedulerHandle`] and tokio channels; it knows nothing of
 //! HTTP.
 
+use super::constraint::Constraint;
 use super::kv_cache::{BlockPool, KvCache};
 use super::metrics::Metrics;
 use super::sampling::{log_softmax, Sampler, SamplingParams};
@@ -53,6 +54,8 @@ pub struct SeqRequest {
     pub stop: Vec<String>,
     /// Some(k): report each generated token's log-probability and its k best alternatives.
     pub logprobs: Option<usize>,
+    /// A compiled grammar the output must follow (structured output, forced tool calls).
+    pub constraint: Option<Constraint>,
 }
 
 /// A token's log-probability under the model (before sampling penalties).
@@ -576,6 +579,9 @@ fn advance(
         let lp = log_softmax(&row);
         (lp, k)
     });
+    if let Some(c) = seq.req.constraint.as_mut() {
+        c.mask(&mut row)?;
+    }
     let next = seq.sampler.sample(&mut row, &seq.tokens);
     if seq.first_token {
         seq.first_token = false;
@@ -583,6 +589,9 @@ fn advance(
     }
     if engine.assets.eos_token_ids.contains(&next) {
         return Ok(Some(FinishReason::Stop));
+    }
+    if let Some(c) = seq.req.constraint.as_mut() {
+        c.advance(next)?;
     }
     seq.tokens.push(next);
     seq.generated += 1;
@@ -615,7 +624,8 @@ fn advance(
             logprobs,
         });
     }
-    if seq.stop.matched() {
+    let grammar_done = seq.req.constraint.as_ref().is_some_and(|c| c.is_finished());
+    if seq.stop.matched() || grammar_done {
         return Ok(Some(FinishReason::Stop));
     }
     if seq.generated >= seq.req.max_tokens || seq.tokens.len() >= ctx {

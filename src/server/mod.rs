@@ -6,6 +6,7 @@
 mod error;
 mod openapi;
 mod routes;
+mod structured;
 mod types;
 
 use crate::engine::scheduler::{SchedulerConfig, SchedulerHandle};

@@ -4,7 +4,11 @@
 use super::error::{ApiError, ApiResult};
 use super::types::{parse_body, ChatRequest, CompletionRequest, Generation, Prompt, ReIsqRequest};
 use super::AppState;
+use crate::engine::constraint::{Constraint, GrammarSpec};
 use crate::engine::scheduler::{SeqEvent, SeqRequest, SubmitError, TokenLogprob};
+use crate::engine::tools::{
+    parse as parse_tool_calls, ToolChoice, ToolDelta, ToolSetup, ToolStream,
+};
 use crate::engine::FinishReason;
 use crate::quant::IsqType;
 use axum::body::Bytes;
@@ -98,6 +102,8 @@ struct Job {
     prompts: Vec<Vec<u32>>,
     gen: Generation,
     logprobs: Option<usize>,
+    /// The compiled output grammar; each choice gets its own copy.
+    constraint: Option<Constraint>,
 }
 
 /// A submitted choice.
@@ -169,6 +175,7 @@ impl AppState {
                     sampling,
                     stop: job.gen.stop.clone(),
                     logprobs: job.logprobs,
+                    constraint: job.constraint.clone(),
                 };
                 let events = self.handle.submit(req).map_err(submit_error)?;
                 choices.push(Choice {
@@ -179,6 +186,22 @@ impl AppState {
             }
         }
         Ok(choices)
+    }
+
+    /// Compiles the request's output grammar; a grammar that does not compile is a 400
+    /// naming the field and the problem.
+    fn compile(
+        &self,
+        grammar: &Option<(&'static str, GrammarSpec)>,
+    ) -> ApiResult<Option<Constraint>> {
+        let Some((param, spec)) = grammar else {
+            return Ok(None);
+        };
+        let engine = self.engine()?;
+        engine.compile_grammar(spec).map(Some).map_err(|e| {
+            ApiError::invalid(param, format!("`{param}` does not compile: {e:#}"))
+                .code("invalid_grammar")
+        })
     }
 
     fn engine(&self) -> ApiResult<std::sync::RwLockReadGuard<'_, crate::engine::Engine>> {
@@ -279,27 +302,44 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> A
         Some(m) => (Some(m), "max_completion_tokens"),
         None => (req.common.max_tokens, "max_tokens"),
     };
-    let gen = req.common.generation(max, param)?;
+    let mut gen = req.common.generation(max, param)?;
     let logprobs = req.logprobs()?;
     let messages = req.chat_messages()?;
-    let prompt = {
+    let (prompt, tools) = {
         let engine = st.engine()?;
-        engine
-            .chat_tokens(&messages)
-            .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?
+        let tools = req
+            .tool_setup(engine.tool_format())?
+            .filter(|t| t.choice != ToolChoice::None);
+        let prompt = match &tools {
+            Some(t) => engine.chat_tokens_with_tools(&messages, t),
+            None => engine.chat_tokens(&messages),
+        }
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+        if let Some(g) = tools.as_ref().and_then(|t| engine.tool_grammar(t)) {
+            if let Some((p, _)) = &gen.grammar {
+                return Err(ApiError::invalid(
+                    p,
+                    format!("`{p}` cannot be combined with tool calls that constrain the output (tool_choice required or named, or a template without native tool support)"),
+                ));
+            }
+            gen.grammar = Some(("tools", g));
+        }
+        (prompt, tools)
     };
     st.check_prompt(&prompt, "messages")?;
     let prompt_tokens = prompt.len();
+    let constraint = st.compile(&gen.grammar)?;
     let job = Job {
         prompts: vec![prompt],
         gen,
         logprobs,
+        constraint,
     };
     let choices = st.submit(&job)?;
     let (id, created) = (new_id("chatcmpl"), now_secs());
     if job.gen.stream {
         return Ok(stream_response(
-            StreamShape::Chat,
+            StreamShape::Chat { tools },
             st.clone(),
             id,
             created,
@@ -313,11 +353,38 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> A
     for mut c in choices {
         let got = collect(&mut c).await?;
         completion_tokens += got.completion_tokens;
+        let mut finish = got.finish.map(|f| f.as_str());
+        let message = match &tools {
+            None => json!({"role": "assistant", "content": got.text}),
+            Some(t) => {
+                let (content, mut calls) = parse_tool_calls(t.format, &got.text);
+                if !t.parallel {
+                    calls.truncate(1);
+                }
+                if !calls.is_empty() && finish == Some("stop") {
+                    finish = Some("tool_calls");
+                }
+                let mut m = json!({"role": "assistant", "content": content});
+                if !calls.is_empty() {
+                    if content.trim().is_empty() {
+                        m["content"] = Value::Null;
+                    }
+                    m["tool_calls"] = calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments}})
+                        })
+                        .collect();
+                }
+                m
+            }
+        };
         out.push(json!({
             "index": c.index,
-            "message": {"role": "assistant", "content": got.text},
+            "message": message,
             "logprobs": logprobs.map(|_| chat_logprobs(&got.logprobs)),
-            "finish_reason": got.finish.map(|f| f.as_str()),
+            "finish_reason": finish,
         }));
     }
     Ok(Json(json!({
@@ -383,10 +450,12 @@ async fn completions_inner(
         st.check_prompt(p, "prompt")?;
     }
     let prompt_lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let constraint = st.compile(&gen.grammar)?;
     let job = Job {
         prompts,
         gen,
         logprobs,
+        constraint,
     };
     let choices = st.submit(&job)?;
     let (id, created) = (new_id("cmpl"), now_secs());
@@ -434,11 +503,10 @@ async fn completions_inner(
 }
 
 enum StreamShape {
-    Chat,
+    /// With tools, output is read as calls while it streams.
+    Chat { tools: Option<ToolSetup> },
     /// Some(prompt texts) when the prompt is echoed first.
-    Completion {
-        echo: Option<Vec<String>>,
-    },
+    Completion { echo: Option<Vec<String>> },
 }
 
 /// Streams the choices as SSE chunks from a task that ends (dropping the engine's
@@ -456,7 +524,7 @@ fn stream_response(
     tokio::spawn(async move {
         let chunk = |choices: Value, usage: Option<Value>| {
             let object = match shape {
-                StreamShape::Chat => "chat.completion.chunk",
+                StreamShape::Chat { .. } => "chat.completion.chunk",
                 StreamShape::Completion { .. } => "text_completion",
             };
             let mut c = json!({
@@ -478,7 +546,7 @@ fn stream_response(
                      offset: usize,
                      finish: Option<&str>| {
             match &shape {
-                StreamShape::Chat => {
+                StreamShape::Chat { .. } => {
                     let delta = if finish.is_some() && text.is_empty() {
                         json!({})
                     } else {
@@ -502,7 +570,7 @@ fn stream_response(
         // Opening chunks: the assistant role (chat) or the echoed prompt.
         for c in &choices {
             let first = match &shape {
-                StreamShape::Chat => json!([{
+                StreamShape::Chat { .. } => json!([{
                     "index": c.index,
                     "delta": {"role": "assistant", "content": ""},
                     "logprobs": null,
@@ -518,6 +586,50 @@ fn stream_response(
             }
         }
         let mut offsets = vec![0usize; choices.len()];
+        let tool_setup = match &shape {
+            StreamShape::Chat { tools } => tools.clone(),
+            StreamShape::Completion { .. } => None,
+        };
+        let mut tool_streams: Vec<Option<ToolStream>> = (0..choices.len())
+            .map(|_| tool_setup.as_ref().map(|t| ToolStream::new(t.format)))
+            .collect();
+        let max_calls = match &tool_setup {
+            Some(t) if !t.parallel => 1,
+            _ => usize::MAX,
+        };
+        // One chunk per tool delta, the text's logprobs on the first.
+        let tool_chunks = |index: usize,
+                           deltas: Vec<ToolDelta>,
+                           lps: &[TokenLogprob]|
+         -> Vec<Value> {
+            let mut out: Vec<Value> = deltas
+                .into_iter()
+                .filter_map(|d| {
+                    let delta = match d {
+                        ToolDelta::Content(c) => json!({"content": c}),
+                        ToolDelta::CallStart { index: i, .. } | ToolDelta::Arguments { index: i, .. }
+                            if i >= max_calls =>
+                        {
+                            return None
+                        }
+                        ToolDelta::CallStart { index: i, id, name } => json!({"tool_calls": [{
+                            "index": i, "id": id, "type": "function",
+                            "function": {"name": name, "arguments": ""}}]}),
+                        ToolDelta::Arguments { index: i, text } => {
+                            json!({"tool_calls": [{"index": i, "function": {"arguments": text}}]})
+                        }
+                    };
+                    Some(json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": null}]))
+                })
+                .collect();
+            if !lps.is_empty() {
+                if out.is_empty() {
+                    out.push(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": null}]));
+                }
+                out[0][0]["logprobs"] = chat_logprobs(lps);
+            }
+            out
+        };
         let mut completion_tokens = 0;
         let mut streams: futures_util::stream::SelectAll<_> = choices
             .into_iter()
@@ -537,27 +649,44 @@ fn stream_response(
                 _ = tx.closed() => return,
             };
             let Some((slot, index, ev)) = next else { break };
-            let out = match ev {
-                SeqEvent::Text { text, logprobs } => {
-                    let c = chunk(piece(index, &text, &logprobs, offsets[slot], None), None);
-                    offsets[slot] += text.len();
-                    c
-                }
+            let outs = match ev {
+                SeqEvent::Text { text, logprobs } => match tool_streams[slot].as_mut() {
+                    Some(ts) => tool_chunks(index, ts.push(&text), &logprobs)
+                        .into_iter()
+                        .map(|c| chunk(c, None))
+                        .collect(),
+                    None => {
+                        let c = chunk(piece(index, &text, &logprobs, offsets[slot], None), None);
+                        offsets[slot] += text.len();
+                        vec![c]
+                    }
+                },
                 SeqEvent::Done {
                     finish_reason,
                     completion_tokens: n,
                     ..
                 } => {
                     completion_tokens += n;
-                    chunk(piece(index, "", &[], offsets[slot], Some(finish_reason.as_str())), None)
+                    let mut reason = finish_reason.as_str();
+                    let mut outs = Vec::new();
+                    if let Some(ts) = tool_streams[slot].as_mut() {
+                        outs.extend(tool_chunks(index, ts.finish(), &[]).into_iter().map(|c| chunk(c, None)));
+                        if ts.calls() > 0 && finish_reason == FinishReason::Stop {
+                            reason = "tool_calls";
+                        }
+                    }
+                    outs.push(chunk(piece(index, "", &[], offsets[slot], Some(reason)), None));
+                    outs
                 }
-                SeqEvent::Error(e) => Event::default().data(
+                SeqEvent::Error(e) => vec![Event::default().data(
                     json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
                         .to_string(),
-                ),
+                )],
             };
-            if tx.send(out).await.is_err() {
-                return;
+            for out in outs {
+                if tx.send(out).await.is_err() {
+                    return;
+                }
             }
         }
         if include_usage {

@@ -1,17 +1,81 @@
 //! Request bodies of the OpenAI API as smelt accepts them, and their validation into
-//! engine requests. Unknown fields are ignored, as OpenAI-compatible servers do.
+//! engine requests. A field smelt does not implement is a 400 naming it, so that nothing
+//! a client asks for is silently ignored; a null value counts as absent.
 
 use super::error::{ApiError, ApiResult};
+use super::structured::StructuredFields;
 use crate::engine::chat_template::ChatMessage;
+use crate::engine::constraint::GrammarSpec;
 use crate::engine::sampling::SamplingParams;
+use crate::engine::tools::{Tool, ToolChoice, ToolFormat, ToolSetup};
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 use std::collections::HashMap;
 
-/// Parses a JSON body: malformed JSON is a 400, a well-formed body with a wrong field
-/// (type, missing, bad value) a 422 naming the field.
-pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+/// The top-level fields a request body may have.
+pub trait KnownFields {
+    fn known(field: &str) -> bool;
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "user",
+    "stream",
+    "stream_options",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_grammar",
+    "guided_choice",
+];
+
+impl KnownFields for ChatRequest {
+    fn known(f: &str) -> bool {
+        COMMON_FIELDS.contains(&f) || CHAT_FIELDS.contains(&f)
+    }
+}
+
+const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
+
+impl KnownFields for CompletionRequest {
+    fn known(f: &str) -> bool {
+        COMMON_FIELDS.contains(&f) || ["prompt", "logprobs", "echo"].contains(&f)
+    }
+}
+
+impl KnownFields for ReIsqRequest {
+    fn known(f: &str) -> bool {
+        ["ggml_type", "isq_type", "isq"].contains(&f)
+    }
+}
+
+/// Parses a JSON body: malformed JSON is a 400, a field smelt does not know a 400 naming
+/// it, a well-formed body with a wrong field (type, missing, bad value) a 422 naming the
+/// field.
+pub fn parse_body<T: DeserializeOwned + KnownFields>(bytes: &[u8]) -> ApiResult<T> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -19,14 +83,32 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         )
         .code("invalid_json")
     })?;
-    if !value.is_object() {
+    let Some(obj) = value.as_object() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "the request body must be a JSON object",
         ));
+    };
+    if let Some((k, _)) = obj.iter().find(|(k, v)| !T::known(k) && !v.is_null()) {
+        return Err(ApiError::invalid(
+            k,
+            format!("the field `{k}` is not supported by this server"),
+        )
+        .code("unsupported_field"));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
+    serde_path_to_error::deserialize::<_, T>(value.clone()).map_err(|e| {
+        let mut path = e.path().to_string();
+        if path == "." {
+            // Errors inside flattened fields lose their path: find the field whose
+            // removal makes the body parse.
+            if let Some(k) = obj.keys().find(|k| {
+                let mut rest = obj.clone();
+                rest.remove(*k);
+                serde_json::from_value::<T>(Value::Object(rest)).is_ok()
+            }) {
+                path = k.clone();
+            }
+        }
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("invalid field `{path}`: {}", e.inner()),
@@ -74,6 +156,58 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<InToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Anything else: refused unless null (a replayed response may carry `refusal: null`).
+    #[serde(flatten)]
+    pub other: HashMap<String, Value>,
+}
+
+/// A call in an assistant message sent back to the model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: InCalledFunction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InCalledFunction {
+    pub name: String,
+    /// JSON text, as OpenAI sends it (an object is accepted too).
+    pub arguments: Value,
+}
+
+/// An entry of `tools`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InTool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: InFunction,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InFunction {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// Arguments always follow the schema when calls are forced; under `auto` a native
+    /// format's call is parsed as written (docs/SERVER.md).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -117,11 +251,19 @@ pub struct CommonFields {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    pub structured: StructuredFields,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<InMessage>,
+    #[serde(default)]
+    pub tools: Option<Vec<InTool>>,
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(default)]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
@@ -169,6 +311,8 @@ pub struct Generation {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// What the output must follow (`response_format`, `structured_outputs`).
+    pub grammar: Option<(&'static str, GrammarSpec)>,
 }
 
 /// Most choices one request may ask for.
@@ -277,6 +421,7 @@ impl CommonFields {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            grammar: self.structured.grammar()?,
         })
     }
 }
@@ -302,7 +447,7 @@ impl ChatRequest {
                     other => {
                         return Err(ApiError::invalid(
                             &format!("messages[{i}].role"),
-                            format!("unknown role `{other}`; use system, user or assistant"),
+                            format!("unknown role `{other}`; use system, user, assistant or tool"),
                         ))
                     }
                 };
@@ -326,9 +471,111 @@ impl ChatRequest {
                         text
                     }
                 };
-                Ok(ChatMessage::new(role, &content))
+                if let Some((k, _)) = m.other.iter().find(|(_, v)| !v.is_null()) {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].{k}"),
+                        format!("the message field `{k}` is not supported"),
+                    )
+                    .code("unsupported_field"));
+                }
+                let mut msg = ChatMessage::new(role, &content);
+                msg.tool_call_id = m.tool_call_id.clone();
+                msg.name = m.name.clone();
+                if let Some(calls) = &m.tool_calls {
+                    if role != "assistant" {
+                        return Err(ApiError::invalid(
+                            &format!("messages[{i}].tool_calls"),
+                            "only assistant messages carry `tool_calls`",
+                        ));
+                    }
+                    msg.tool_calls = Some(calls.iter().map(template_call).collect());
+                }
+                Ok(msg)
             })
             .collect()
+    }
+
+    /// The request's tools under `tool_choice`, in the model's format; None without tools.
+    pub fn tool_setup(&self, format: ToolFormat) -> ApiResult<Option<ToolSetup>> {
+        let tools: Vec<Tool> = self
+            .tools
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, t)| {
+                if t.kind != "function" {
+                    return Err(ApiError::invalid(
+                        &format!("tools[{i}].type"),
+                        format!(
+                            "tools of type `{}` are not supported; use `function`",
+                            t.kind
+                        ),
+                    ));
+                }
+                let params = t
+                    .function
+                    .parameters
+                    .clone()
+                    .unwrap_or(serde_json::json!({"type": "object", "properties": {}}));
+                if !params.is_object() {
+                    return Err(ApiError::invalid(
+                        &format!("tools[{i}].function.parameters"),
+                        "`parameters` must be a JSON schema object",
+                    ));
+                }
+                Ok(Tool {
+                    name: t.function.name.clone(),
+                    description: t.function.description.clone(),
+                    parameters: params,
+                })
+            })
+            .collect::<ApiResult<_>>()?;
+        let choice = match &self.tool_choice {
+            None => ToolChoice::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "none" => ToolChoice::None,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("unknown tool_choice `{other}`; use none, auto, required or a function"),
+                    ))
+                }
+            },
+            Some(v) => match v["function"]["name"].as_str() {
+                Some(name) if v["type"] == "function" => ToolChoice::Named(name.to_string()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+                    ))
+                }
+            },
+        };
+        if tools.is_empty() {
+            return match choice {
+                ToolChoice::Required | ToolChoice::Named(_) => Err(ApiError::invalid(
+                    "tool_choice",
+                    "tool_choice asks for a call but `tools` is empty",
+                )),
+                _ => Ok(None),
+            };
+        }
+        if let ToolChoice::Named(n) = &choice {
+            if !tools.iter().any(|t| &t.name == n) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("tool_choice names `{n}`, which is not among `tools`"),
+                ));
+            }
+        }
+        Ok(Some(ToolSetup {
+            tools,
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(true),
+            format,
+        }))
     }
 
     /// Some(k) when logprobs were asked for.
@@ -351,6 +598,19 @@ impl ChatRequest {
             Ok(None)
         }
     }
+}
+
+/// A call as chat templates expect it: arguments as an object when they parse.
+fn template_call(c: &InToolCall) -> Value {
+    let args = match &c.function.arguments {
+        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+        v => v.clone(),
+    };
+    serde_json::json!({
+        "id": c.id,
+        "type": c.kind.as_deref().unwrap_or("function"),
+        "function": {"name": c.function.name, "arguments": args},
+    })
 }
 
 impl CompletionRequest {
