@@ -106,6 +106,10 @@ struct ServerArgs {
     /// Seconds running requests may finish after SIGINT/SIGTERM before being cancelled.
     #[arg(long, global = true, default_value_t = 10)]
     shutdown_grace: u64,
+    /// How /v1/embeddings pools the token states: `last` (the token that saw the whole
+    /// input; decoder models) or `mean`.
+    #[arg(long, global = true, default_value = "last")]
+    embedding_pooling: smelt::engine::Pooling,
 }
 
 #[derive(Args, Clone)]
@@ -469,7 +473,6 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn chat_or_complete(cli: &Cli, spec: (ModelSpec, DType)) -> Result<()> {
-    let (engine, _, _) = load_engine(cli, spec)?;
     if let Some(port) = cli.server.port {
         anyhow::ensure!(
             cli.prompt.is_none() && !cli.interactive,
@@ -488,9 +491,12 @@ fn chat_or_complete(cli: &Cli, spec: (ModelSpec, DType)) -> Result<()> {
                 kv_cache_bytes: a.kv_cache_mb << 20,
                 max_queue: a.max_queue,
             },
+            embedding_pooling: a.embedding_pooling,
         };
-        return smelt::server::serve(engine, cfg);
+        // Listen first: /health says 503 while the model loads.
+        return smelt::server::serve_loading(cfg, || load_engine(cli, spec).map(|l| l.0));
     }
+    let (engine, _, _) = load_engine(cli, spec)?;
     let sampling = sampling_params(&cli.sampling);
     sampling.validate()?;
     match (&cli.prompt, cli.interactive) {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub preemptions: AtomicU64,
     pub kv_blocks_used: AtomicU64,
     pub kv_blocks_total: AtomicU64,
+    /// Layers a token's KV spans: a vLLM block (all layers) is this many of ours.
+    pub kv_layers: AtomicU64,
     /// f64 bits: tokens generated per second over the last busy second.
     pub generation_tokens_per_second: AtomicU64,
     ttft_buckets: [AtomicU64; TTFT_BUCKETS.len()],
@@ -179,7 +181,59 @@ impl Metrics {
             "Time from a request's arrival to its first generated token.",
             lines,
         );
+        self.render_vllm(&mut s, model);
         s
+    }
+
+    /// The gauges of vLLM's model-server protocol, under vLLM's names, which the Gateway
+    /// API Inference Extension / llm-d endpoint picker and autoscalers scrape. A vLLM
+    /// block holds 16 tokens of every layer; smelt's blocks hold 16 tokens of one layer,
+    /// so `num_gpu_blocks` is smelt's block count over the layer count.
+    fn render_vllm(&self, s: &mut String, model: &str) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let m = format!("model_name=\"{}\"", model.replace('"', "'"));
+        let total = get(&self.kv_blocks_total);
+        let usage = if total == 0 {
+            0.0
+        } else {
+            get(&self.kv_blocks_used) as f64 / total as f64
+        };
+        let gauges = [
+            (
+                "vllm:num_requests_running",
+                "Requests in the running batch.",
+                get(&self.running).to_string(),
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "Requests waiting to be scheduled.",
+                get(&self.queue_depth).to_string(),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "KV cache usage, 0 to 1.",
+                format!("{usage:.6}"),
+            ),
+            (
+                "vllm:gpu_cache_usage_perc",
+                "KV cache usage, 0 to 1 (vLLM's older name).",
+                format!("{usage:.6}"),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{m}}} {v}"
+            );
+        }
+        let blocks = total / get(&self.kv_layers).max(1);
+        let _ = writeln!(
+            s,
+            "# HELP vllm:cache_config_info Information of the KV cache configuration.\n\
+             # TYPE vllm:cache_config_info gauge\n\
+             vllm:cache_config_info{{{m},block_size=\"{}\",num_gpu_blocks=\"{blocks}\",cache_dtype=\"float32\"}} 1",
+            super::kv_cache::BLOCK_TOKENS
+        );
     }
 }
 
@@ -203,5 +257,13 @@ mod tests {
         );
         assert!(text.contains("smelt_time_to_first_token_seconds_count{model=\"x\"} 2"));
         assert!(text.contains("# TYPE smelt_queue_depth gauge"));
+        m.kv_blocks_total.store(300, Ordering::Relaxed);
+        m.kv_blocks_used.store(75, Ordering::Relaxed);
+        m.kv_layers.store(30, Ordering::Relaxed);
+        m.queue_depth.store(4, Ordering::Relaxed);
+        let text = m.render("x");
+        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"x\"} 0.250000"));
+        assert!(text.contains("vllm:num_requests_waiting{model_name=\"x\"} 4"));
+        assert!(text.contains("num_gpu_blocks=\"10\""), "{text}");
     }
 }

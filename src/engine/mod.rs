@@ -40,6 +40,27 @@ impl FinishReason {
     }
 }
 
+/// How token states become one embedding. A causal model's last token is the only one
+/// that has seen the whole input, so `Last` is the default (as vLLM does for decoder
+/// models); `Mean` suits models trained with mean pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooling {
+    #[default]
+    Last,
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Self::Last),
+            "mean" => Ok(Self::Mean),
+            other => bail!("unknown pooling `{other}`; use last or mean"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt_tokens: Vec<u32>,
@@ -129,6 +150,40 @@ impl Engine {
             Ok(c) => c.compile(spec),
             Err(e) => bail!("constrained decoding is unavailable for this model: {e}"),
         }
+    }
+
+    /// One embedding of `tokens`: the final-normed hidden states pooled (the last token's,
+    /// or their mean) and scaled to unit length.
+    pub fn embed(&self, tokens: &[u32], pooling: Pooling) -> Result<Vec<f32>> {
+        let ctx = self.context_length();
+        if tokens.is_empty() {
+            bail!("the input is empty");
+        }
+        if tokens.len() > ctx {
+            bail!(
+                "the input is {} tokens, over the model's context of {ctx} tokens",
+                tokens.len()
+            );
+        }
+        let mut cache = self.model.new_cache();
+        let rows = self.model.hidden_states(tokens, &mut cache)?;
+        let h = rows.len() / tokens.len();
+        let mut v = match pooling {
+            Pooling::Last => rows[rows.len() - h..].to_vec(),
+            Pooling::Mean => {
+                let mut m = vec![0f32; h];
+                for r in rows.chunks_exact(h) {
+                    m.iter_mut().zip(r).for_each(|(a, b)| *a += b);
+                }
+                m.iter_mut().for_each(|a| *a /= tokens.len() as f32);
+                m
+            }
+        };
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(v)
     }
 
     pub fn new_session(&self) -> Session {

@@ -141,6 +141,9 @@ impl SchedulerHandle {
         metrics
             .kv_blocks_total
             .store(pool.capacity() as u64, Ordering::Relaxed);
+        metrics
+            .kv_layers
+            .store(model_cfg.num_hidden_layers as u64, Ordering::Relaxed);
         let engine = Arc::new(RwLock::new(engine));
         let (tx, rx) = mpsc::channel();
         let mut worker = Worker {

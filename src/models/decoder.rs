@@ -7,7 +7,7 @@ use super::config::{LayerRope, ModelConfig};
 use super::linear_rows::{apply, row_groups};
 use super::norm::Norm;
 use super::rope::RotaryEmbedding;
-use super::{ops, BatchItem, CausalLm, Embedding, WeightSource};
+use super::{ops, BatchItem, CausalLm, Embedding, KvCache, WeightSource};
 use crate::quant::kernels;
 use crate::quant::{IsqType, QuantLinear};
 use anyhow::Result;
@@ -117,12 +117,10 @@ impl Decoder {
     }
 }
 
-impl CausalLm for Decoder {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-
-    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Tensor>> {
+impl Decoder {
+    /// Embeddings → every layer → final norm, for the rows each item asks for (from its
+    /// `logits_from`): the normed hidden rows, rows per item, and the items' order in them.
+    fn trunk(&self, items: &mut [BatchItem]) -> Result<(Vec<f32>, Vec<usize>, Vec<usize>)> {
         anyhow::ensure!(!items.is_empty(), "forward needs at least one sequence");
         let vocab = self.embed.vocab_size();
         for item in items.iter_mut() {
@@ -183,6 +181,17 @@ impl CausalLm for Decoder {
             start += t;
         }
         let normed = self.norm.apply(&rows, self.cfg.rms_norm_eps as f32);
+        Ok((normed, kept, order))
+    }
+}
+
+impl CausalLm for Decoder {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Tensor>> {
+        let (normed, kept, order) = self.trunk(items)?;
         let mut logits = apply(self.lm_head.as_ref(), normed, &row_groups(&kept))?;
         if let Some(b) = &self.head_bias {
             for row in logits.chunks_exact_mut(b.len()) {
@@ -208,6 +217,15 @@ impl CausalLm for Decoder {
             .into_iter()
             .map(|t| t.expect("every item has logits"))
             .collect())
+    }
+
+    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let mut items = [BatchItem {
+            tokens,
+            cache,
+            logits_from: 0,
+        }];
+        Ok(self.trunk(&mut items)?.0)
     }
 
     fn weights_size_in_bytes(&self) -> usize {

@@ -127,6 +127,9 @@ pub trait CausalLm: Send + Sync {
         let mut out = self.forward_batch(&mut items)?;
         Ok(out.pop().expect("one item in, one out"))
     }
+    /// Runs `tokens` like `forward` and returns the final-normed hidden state of every one
+    /// of them, (rows × hidden_size) row-major: what embeddings pool.
+    fn hidden_states(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>>;
     /// A KV block pool for this model holding at most `budget_bytes`.
     fn block_pool(&self, budget_bytes: usize) -> Arc<BlockPool> {
         let c = self.config();

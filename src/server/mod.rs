@@ -3,14 +3,16 @@
 //! metrics and an OpenAPI description. Every error is OpenAI's error JSON, and no bad
 //! request can stop the server.
 
+mod embeddings;
 mod error;
 mod openapi;
 mod routes;
 mod structured;
+mod tokenize;
 mod types;
 
 use crate::engine::scheduler::{SchedulerConfig, SchedulerHandle};
-use crate::engine::Engine;
+use crate::engine::{Engine, Pooling};
 use anyhow::{Context, Result};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
@@ -19,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub struct ServerConfig {
     /// How long running requests may finish after SIGINT/SIGTERM before being cancelled.
     pub shutdown_grace: Duration,
     pub scheduler: SchedulerConfig,
+    /// How `/v1/embeddings` pools token states.
+    pub embedding_pooling: Pooling,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +52,7 @@ impl Default for ServerConfig {
             body_limit: 4 << 20,
             shutdown_grace: Duration::from_secs(10),
             scheduler: SchedulerConfig::default(),
+            embedding_pooling: Pooling::default(),
         }
     }
 }
@@ -58,6 +64,7 @@ pub struct AppState {
     created: u64,
     fingerprint: String,
     api_key: Option<String>,
+    pooling: Pooling,
 }
 
 /// The router over a running scheduler (also what the tests drive).
@@ -83,10 +90,14 @@ pub fn router(handle: SchedulerHandle, cfg: &ServerConfig) -> Result<Router> {
             .map_or(0, |d| d.as_secs()),
         fingerprint: format!("smelt-{}", env!("CARGO_PKG_VERSION")),
         api_key: cfg.api_key.clone().filter(|k| !k.is_empty()),
+        pooling: cfg.embedding_pooling,
     });
     let api = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/models", get(routes::models))
         .route("/v1/models/{*id}", get(routes::model))
         .route("/v1/re_isq", post(routes::re_isq))
@@ -136,35 +147,99 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
 /// Serves `engine` until SIGINT/SIGTERM, then stops accepting, lets running requests
 /// finish for the grace period and cancels the rest.
 pub fn serve(engine: Engine, cfg: ServerConfig) -> Result<()> {
+    serve_loading(cfg, move || Ok(engine))
+}
+
+/// Listens first, then loads: while `load` runs (and while draining at shutdown) `/health`
+/// answers 503 and every other route 503 "loading", so probes and load balancers see the
+/// replica before it takes traffic.
+pub fn serve_loading(cfg: ServerConfig, load: impl FnOnce() -> Result<Engine>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(
+        "listening on http://{}; loading the model",
+        listener.local_addr()?
+    );
+    let app: Arc<OnceLock<Router>> = Arc::default();
+    let engine: Arc<OnceLock<SchedulerHandle>> = Arc::default();
+    let draining = Arc::new(AtomicBool::new(false));
+    let outer = {
+        let (app, draining) = (app.clone(), draining.clone());
+        Router::new().fallback(move |req: Request| {
+            let (app, draining) = (app.clone(), draining.clone());
+            async move { dispatch(&app, &draining, req).await }
+        })
+    };
+    let grace = cfg.shutdown_grace;
+    let server = {
+        let (engine, draining) = (engine.clone(), draining.clone());
+        rt.spawn(async move {
+            axum::serve(listener, outer)
+                .with_graceful_shutdown(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutdown requested: draining");
+                    draining.store(true, Ordering::Relaxed);
+                    // Drain the engine alongside the server's own drain.
+                    if let Some(h) = engine.get().cloned() {
+                        tokio::spawn(async move { h.shutdown(grace).await });
+                    }
+                })
+                .await
+        })
+    };
+    let loaded = load();
     rt.block_on(async move {
-        let handle = SchedulerHandle::start(engine, cfg.scheduler.clone())?;
-        let app = router(handle.clone(), &cfg)?;
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(
-            "serving the OpenAI API on http://{} (Ctrl-C to stop)",
-            listener.local_addr()?
-        );
-        let grace = cfg.shutdown_grace;
-        let engine_handle = handle.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                tracing::info!("shutdown requested: no new connections");
-                // Drain the engine alongside the server's own drain.
-                tokio::spawn(async move { engine_handle.shutdown(grace).await });
-            })
-            .await?;
+        let loaded = match loaded {
+            Ok(e) => e,
+            Err(e) => {
+                server.abort();
+                return Err(e);
+            }
+        };
+        let handle = SchedulerHandle::start(loaded, cfg.scheduler.clone())?;
+        let _ = engine.set(handle.clone());
+        let _ = app.set(router(handle.clone(), &cfg)?);
+        tracing::info!("model loaded: serving the OpenAI API (Ctrl-C to stop)");
+        server.await??;
         handle.shutdown(grace).await;
         tracing::info!("server stopped");
         Ok(())
     })
+}
+
+/// Before the model is loaded, or while draining, `/health` is 503; other routes go to
+/// the full router once there is one.
+async fn dispatch(app: &OnceLock<Router>, draining: &AtomicBool, req: Request) -> Response {
+    use tower::ServiceExt;
+    let health = req.uri().path() == "/health";
+    match app.get() {
+        Some(_) if health && draining.load(Ordering::Relaxed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response(),
+        Some(r) => match r.clone().oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        },
+        None if health => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "loading"})),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model is still loading",
+        )
+        .code("loading")
+        .into_response(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 type St = State<Arc<AppState>>;
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     body.map_err(|e| {
         let status = e.status();
         let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -129,7 +129,7 @@ fn submit_error(e: SubmitError) -> ApiError {
 }
 
 impl AppState {
-    fn check_model(&self, model: Option<&str>) -> ApiResult<()> {
+    pub(super) fn check_model(&self, model: Option<&str>) -> ApiResult<()> {
         match model {
             Some(m) if !m.is_empty() && m != self.model_name => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -204,7 +204,9 @@ impl AppState {
         })
     }
 
-    fn engine(&self) -> ApiResult<std::sync::RwLockReadGuard<'_, crate::engine::Engine>> {
+    pub(super) fn engine(
+        &self,
+    ) -> ApiResult<std::sync::RwLockReadGuard<'_, crate::engine::Engine>> {
         self.handle
             .engine
             .read()
