@@ -61,10 +61,11 @@ fi
 log "plain copy: $REPO_DIR/snapshots/$(cat "$REPO_DIR/refs/main")"
 echo "$GGUF"
 
-# The `openai` Python client for the server's client tests (tests/openai_client.rs).
+# The `openai` Python client and `jsonschema` for the server's client tests
+# (tests/openai_client.rs).
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c 'import openai' 2>/dev/null; then
-  log "installing the openai client into $VENV"
+if ! "$VENV/bin/python" -c 'import openai, jsonschema' 2>/dev/null; then
+  log "installing the openai client and jsonschema into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "openai==2.54.0"
+  "$VENV/bin/pip" install --quiet "openai==2.54.0" "jsonschema==4.25.1"
 fi

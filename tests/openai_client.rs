@@ -1,6 +1,7 @@
 //! The real `openai` Python client (installed by scripts/fetch-test-models.sh into the
 //! helper venv) against `smelt --port` on loopback: chat and completions, streaming,
-//! seeds, logprobs, errors (tests/openai_client.py). Then graceful shutdown: SIGTERM while
+//! seeds, logprobs, errors (tests/openai_client.py); tool calls, structured output,
+//! embeddings and tokenize, validated with `jsonschema` (tests/openai_tools.py). Then graceful shutdown: SIGTERM while
 //! a stream runs lets it finish with `[DONE]`, and the process exits cleanly.
 
 mod common;
@@ -80,21 +81,23 @@ fn openai_python_client_then_graceful_shutdown() {
     let key = "test-key-123";
     let port = free_port();
     let (mut server, addr) = start_server(port, key);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = Command::new(venv_python())
-        .args([script, &format!("http://{addr}/v1"), key])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all openai-client checks passed"),
-        "{stdout}"
-    );
+    for (script, done) in [
+        ("openai_client.py", "all openai-client checks passed"),
+        ("openai_tools.py", "all tool and structured-output checks passed"),
+    ] {
+        let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(venv_python())
+            .args([&path, &format!("http://{addr}/v1"), key])
+            .output()
+            .expect("run python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{script} checks failed:\n{stdout}\n{stderr}"
+        );
+        assert!(stdout.contains(done), "{stdout}");
+    }
 
     // SIGTERM during a stream: the stream still ends properly, then the process exits 0.
     let body = serde_json::json!({
@@ -145,4 +148,54 @@ fn openai_python_client_then_graceful_shutdown() {
         std::net::TcpStream::connect(addr).is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// The port is open before the model is: `/health` and the API answer 503 while it
+/// loads (here slowed by ISQ), then 200; the metrics carry vLLM's gauges for the
+/// inference gateway.
+#[test]
+fn health_is_503_while_loading_then_vllm_gauges() {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["--port", &port.to_string(), "--log", "warn", "--isq", "Q2K", "gguf", "-f"])
+        .arg(gguf_path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start smelt");
+    let _server = Server(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    let (mut loading, mut api_loading) = (0, false);
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "never healthy");
+        if std::net::TcpStream::connect(addr).is_err() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let r = http::get(addr, "/health");
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(r.body.contains("loading"), "{}", r.body);
+        loading += 1;
+        if !api_loading {
+            let c = http::request(addr, "POST", "/v1/chat/completions", "{}", &[]);
+            // The reply may come after loading finished; while loading it is a 503.
+            api_loading = c.status == 503 && c.body.contains("still loading");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(loading > 0, "/health was never 503 before the model loaded");
+    assert!(api_loading, "the API did not answer 503 while loading");
+    let m = http::get(addr, "/metrics").body;
+    for name in [
+        "vllm:num_requests_running{",
+        "vllm:num_requests_waiting{",
+        "vllm:kv_cache_usage_perc{",
+        "vllm:cache_config_info{",
+    ] {
+        assert!(m.contains(name), "{name} missing:\n{m}");
+    }
+    assert!(m.contains("block_size=\"16\"") && m.contains("num_gpu_blocks=\""));
 }
