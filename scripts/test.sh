@@ -7,6 +7,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Reuse one target dir outside the clone so fresh clones (CI) do not rebuild everything.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/smelt/target}"
 bash scripts/fetch-test-models.sh >/dev/null
+# HAProxy for the scale-out test (tests/scale_out.rs), from Debian's packages.
+if ! command -v haproxy >/dev/null; then
+  echo "[test] installing haproxy" >&2
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get install -y -qq haproxy >/dev/null 2>&1 ||
+    { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq haproxy >/dev/null; } ||
+    echo "[test] could not install haproxy: tests/scale_out.rs will fail" >&2
+fi
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
