@@ -62,10 +62,12 @@ log "plain copy: $REPO_DIR/snapshots/$(cat "$REPO_DIR/refs/main")"
 echo "$GGUF"
 
 # The `openai` Python client and `jsonschema` for the server's client tests
-# (tests/openai_client.rs).
+# (tests/openai_client.rs); `kubernetes-validate` and PyYAML for the deploy manifest
+# check (scripts/check-deploy.py, tests/deploy.rs).
 VENV="$CACHE/venv"
-if ! "$VENV/bin/python" -c 'import openai, jsonschema' 2>/dev/null; then
-  log "installing the openai client and jsonschema into $VENV"
+if ! "$VENV/bin/python" -c 'import openai, jsonschema, kubernetes_validate, yaml' 2>/dev/null; then
+  log "installing the openai client, jsonschema, kubernetes-validate and pyyaml into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet "openai==2.54.0" "jsonschema==4.25.1"
+  "$VENV/bin/pip" install --quiet "openai==2.54.0" "jsonschema==4.25.1" \
+    "kubernetes-validate==1.37.0" "pyyaml==6.0.4"
 fi

@@ -83,7 +83,10 @@ fn openai_python_client_then_graceful_shutdown() {
     let (mut server, addr) = start_server(port, key);
     for (script, done) in [
         ("openai_client.py", "all openai-client checks passed"),
-        ("openai_tools.py", "all tool and structured-output checks passed"),
+        (
+            "openai_tools.py",
+            "all tool and structured-output checks passed",
+        ),
     ] {
         let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
         let out = Command::new(venv_python())
@@ -157,7 +160,16 @@ fn openai_python_client_then_graceful_shutdown() {
 fn health_is_503_while_loading_then_vllm_gauges() {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(["--port", &port.to_string(), "--log", "warn", "--isq", "Q2K", "gguf", "-f"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--log",
+            "warn",
+            "--isq",
+            "Q2K",
+            "gguf",
+            "-f",
+        ])
         .arg(gguf_path())
         .stdout(Stdio::null())
         .spawn()

@@ -3,6 +3,9 @@
 //! and unit length; `encoding_format` float or base64 (little-endian f32, as OpenAI).
 
 use super::error::{ApiError, ApiResult};
+use super::responses::{
+    EmbeddingData, EmbeddingList, EmbeddingUsage, EmbeddingVector, ErrorResponse,
+};
 use super::routes::body_bytes;
 use super::types::{parse_body, KnownFields, Prompt, PromptField};
 use super::AppState;
@@ -13,10 +16,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::Arc;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     pub input: PromptField,
     #[serde(default)]
@@ -34,10 +37,13 @@ impl KnownFields for EmbeddingRequest {
     }
 }
 
+#[utoipa::path(post, path = "/v1/embeddings", request_body = EmbeddingRequest, responses(
+    (status = 200, body = EmbeddingList), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse),
+    (status = 422, body = ErrorResponse), (status = 503, body = ErrorResponse)))]
 pub async fn embeddings(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EmbeddingList>> {
     let req: EmbeddingRequest = parse_body(&body_bytes(body)?)?;
     if let Some(user) = &req.user {
         tracing::debug!("embedding request from user `{user}`");
@@ -93,23 +99,30 @@ pub async fn embeddings(
         )
     })??;
     let (vectors, tokens) = vectors;
-    let data: Vec<Value> = vectors
+    let data: Vec<EmbeddingData> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
+                EmbeddingVector::Float(v)
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            EmbeddingData {
+                object: "embedding",
+                index,
+                embedding,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": st.model_name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    Ok(Json(EmbeddingList {
+        object: "list",
+        data,
+        model: st.model_name.clone(),
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
 }

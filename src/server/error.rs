@@ -4,6 +4,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::responses::{ErrorBody, ErrorResponse};
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -50,14 +52,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind(),
-                "param": self.param,
-                "code": self.code,
-            }
-        });
+        let body = ErrorResponse {
+            error: ErrorBody {
+                kind: self.kind(),
+                message: self.message,
+                param: self.param,
+                code: self.code,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -6,6 +6,7 @@
 mod embeddings;
 mod error;
 mod openapi;
+mod responses;
 mod routes;
 mod structured;
 mod tokenize;
@@ -129,7 +130,10 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        if path != "/health" && given != Some(key.as_str()) {
+        // Probes and metric scrapers (the gateway's endpoint picker, Prometheus) send no
+        // key; as in vLLM, /health and /metrics stay open.
+        let open = path == "/health" || path == "/metrics";
+        if !open && given != Some(key.as_str()) {
             st.handle.metrics.count_http(401);
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -2,6 +2,11 @@
 //! the engine's events into OpenAI responses (one JSON body or SSE chunks).
 
 use super::error::{ApiError, ApiResult};
+use super::responses::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, Completion,
+    CompletionChoice, ErrorResponse, FunctionCallOut, Health, ModelCard, ModelList, ReIsqResponse,
+    ToolCallOut, Usage,
+};
 use super::types::{parse_body, ChatRequest, CompletionRequest, Generation, Prompt, ReIsqRequest};
 use super::AppState;
 use crate::engine::constraint::{Constraint, GrammarSpec};
@@ -47,29 +52,39 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/health", security(()), responses(
+    (status = 200, description = "Serving", body = Health),
+    (status = 503, description = "Loading the model, or draining at shutdown", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
-fn model_card(st: &AppState) -> Value {
-    json!({
-        "id": st.model_name,
-        "object": "model",
-        "created": st.created,
-        "owned_by": "smelt",
-        "max_model_len": st.context_length,
+fn model_card(st: &AppState) -> ModelCard {
+    ModelCard {
+        id: st.model_name.clone(),
+        object: "model",
+        created: st.created,
+        owned_by: "smelt",
+        max_model_len: st.context_length,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+pub async fn models(State(st): St) -> Json<ModelList> {
+    Json(ModelList {
+        object: "list",
+        data: vec![model_card(&st)],
     })
 }
 
-pub async fn models(State(st): St) -> Json<Value> {
-    Json(json!({"object": "list", "data": [model_card(&st)]}))
-}
-
-pub async fn model(State(st): St, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/v1/models/{model}", params(("model" = String, Path, description = "The served model's id")),
+    responses((status = 200, body = ModelCard), (status = 404, body = ErrorResponse)))]
+pub async fn model(State(st): St, Path(id): Path<String>) -> ApiResult<Json<ModelCard>> {
     st.check_model(Some(&id))?;
     Ok(Json(model_card(&st)))
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text: smelt_* counters and vLLM's gauges", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(st): St) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
@@ -77,7 +92,12 @@ pub async fn metrics(State(st): St) -> impl IntoResponse {
     )
 }
 
-pub async fn re_isq(State(st): St, body: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/v1/re_isq", request_body = ReIsqRequest, responses(
+    (status = 200, body = ReIsqResponse), (status = 400, body = ErrorResponse), (status = 500, body = ErrorResponse)))]
+pub async fn re_isq(
+    State(st): St,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ReIsqResponse>> {
     let req: ReIsqRequest = parse_body(&body_bytes(body)?)?;
     let ty = match req.ggml_type.as_deref().map(str::trim) {
         None | Some("none") | Some("") => None,
@@ -90,11 +110,11 @@ pub async fn re_isq(State(st): St, body: Result<Bytes, BytesRejection>) -> ApiRe
         .re_isq(ty)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(Json(json!({
-        "status": "ok",
-        "ggml_type": ty.map(|t| t.to_string()),
-        "seconds": start.elapsed().as_secs_f64(),
-    })))
+    Ok(Json(ReIsqResponse {
+        status: "ok",
+        ggml_type: ty.map(|t| t.to_string()),
+        seconds: start.elapsed().as_secs_f64(),
+    }))
 }
 
 /// One request's sequences: a prompt each, `n` choices per prompt.
@@ -252,11 +272,7 @@ async fn collect(choice: &mut Choice) -> ApiResult<Collected> {
 }
 
 fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    })
+    serde_json::to_value(Usage::new(prompt_tokens, completion_tokens)).expect("usage serializes")
 }
 
 fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
@@ -287,6 +303,13 @@ fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
     })
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses(
+    (status = 200, description = "A chat completion; with `stream: true`, server-sent events of chunks ending with `data: [DONE]`",
+     content((ChatCompletion = "application/json"), (ChatCompletionChunk = "text/event-stream"))),
+    (status = 400, description = "Invalid request, unsupported field, grammar that does not compile", body = ErrorResponse),
+    (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse),
+    (status = 422, description = "A field of the wrong type", body = ErrorResponse),
+    (status = 429, description = "Queue full", body = ErrorResponse), (status = 503, description = "Loading", body = ErrorResponse)))]
 pub async fn chat_completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
     match chat_inner(st, body).await {
         Ok(r) => r,
@@ -357,7 +380,11 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> A
         completion_tokens += got.completion_tokens;
         let mut finish = got.finish.map(|f| f.as_str());
         let message = match &tools {
-            None => json!({"role": "assistant", "content": got.text}),
+            None => AssistantMessage {
+                role: "assistant",
+                content: Some(got.text),
+                tool_calls: None,
+            },
             Some(t) => {
                 let (content, mut calls) = parse_tool_calls(t.format, &got.text);
                 if !t.parallel {
@@ -366,41 +393,51 @@ async fn chat_inner(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> A
                 if !calls.is_empty() && finish == Some("stop") {
                     finish = Some("tool_calls");
                 }
-                let mut m = json!({"role": "assistant", "content": content});
-                if !calls.is_empty() {
-                    if content.trim().is_empty() {
-                        m["content"] = Value::Null;
-                    }
-                    m["tool_calls"] = calls
-                        .iter()
-                        .map(|c| {
-                            json!({"id": c.id, "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments}})
-                        })
-                        .collect();
+                let only_calls = !calls.is_empty() && content.trim().is_empty();
+                AssistantMessage {
+                    role: "assistant",
+                    content: (!only_calls).then_some(content),
+                    tool_calls: (!calls.is_empty()).then(|| {
+                        calls
+                            .into_iter()
+                            .map(|c| ToolCallOut {
+                                id: c.id,
+                                kind: "function",
+                                function: FunctionCallOut {
+                                    name: c.name,
+                                    arguments: c.arguments,
+                                },
+                            })
+                            .collect()
+                    }),
                 }
-                m
             }
         };
-        out.push(json!({
-            "index": c.index,
-            "message": message,
-            "logprobs": logprobs.map(|_| chat_logprobs(&got.logprobs)),
-            "finish_reason": finish,
-        }));
+        out.push(ChatChoice {
+            index: c.index,
+            message,
+            logprobs: logprobs.map(|_| chat_logprobs(&got.logprobs)),
+            finish_reason: finish,
+        });
     }
-    Ok(Json(json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": st.model_name,
-        "system_fingerprint": st.fingerprint,
-        "choices": out,
-        "usage": usage(prompt_tokens, completion_tokens),
-    }))
+    Ok(Json(ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model: st.model_name.clone(),
+        system_fingerprint: st.fingerprint.clone(),
+        choices: out,
+        usage: Usage::new(prompt_tokens, completion_tokens),
+    })
     .into_response())
 }
 
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, responses(
+    (status = 200, description = "A text completion; with `stream: true`, server-sent events of `text_completion` chunks ending with `data: [DONE]`",
+     content((Completion = "application/json"), (Completion = "text/event-stream"))),
+    (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse),
+    (status = 413, body = ErrorResponse), (status = 422, body = ErrorResponse), (status = 429, body = ErrorResponse),
+    (status = 503, body = ErrorResponse)))]
 pub async fn completions(State(st): St, body: Result<Bytes, BytesRejection>) -> Response {
     match completions_inner(st, body).await {
         Ok(r) => r,
@@ -485,22 +522,22 @@ async fn completions_inner(
         } else {
             ""
         };
-        out.push(json!({
-            "index": c.index,
-            "text": format!("{prefix}{}", got.text),
-            "logprobs": logprobs.map(|_| completion_logprobs(&got.logprobs, prefix.len())),
-            "finish_reason": got.finish.map(|f| f.as_str()),
-        }));
+        out.push(CompletionChoice {
+            index: c.index,
+            text: format!("{prefix}{}", got.text),
+            logprobs: logprobs.map(|_| completion_logprobs(&got.logprobs, prefix.len())),
+            finish_reason: got.finish.map(|f| f.as_str()),
+        });
     }
-    Ok(Json(json!({
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": st.model_name,
-        "system_fingerprint": st.fingerprint,
-        "choices": out,
-        "usage": usage(prompt_lens.iter().sum(), completion_tokens),
-    }))
+    Ok(Json(Completion {
+        id,
+        object: "text_completion",
+        created,
+        model: st.model_name.clone(),
+        system_fingerprint: st.fingerprint.clone(),
+        choices: out,
+        usage: Usage::new(prompt_lens.iter().sum(), completion_tokens),
+    })
     .into_response())
 }
 

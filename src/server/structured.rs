@@ -7,8 +7,9 @@ use super::error::{ApiError, ApiResult};
 use crate::engine::constraint::GrammarSpec;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonSchemaFormat {
     /// The schema's name and description label it for the client; decoding follows the
@@ -25,7 +26,7 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ResponseFormat {
     Text,
@@ -34,7 +35,7 @@ pub enum ResponseFormat {
 }
 
 /// vLLM's `structured_outputs` object; exactly one member may be set.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StructuredOutputs {
     #[serde(default)]
@@ -48,7 +49,7 @@ pub struct StructuredOutputs {
 }
 
 /// The structured-output fields of a generation request.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct StructuredFields {
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,

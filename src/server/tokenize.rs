@@ -1,6 +1,7 @@
 //! llama-server's `/tokenize` and `/detokenize`, with its request and response shapes.
 
 use super::error::{ApiError, ApiResult};
+use super::responses::{DetokenizeResponse, ErrorResponse, TokenPiece, TokenizeResponse, Tokens};
 use super::routes::body_bytes;
 use super::types::{parse_body, KnownFields};
 use super::AppState;
@@ -9,10 +10,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
+use utoipa::ToSchema;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TokenizeRequest {
     pub content: String,
     /// Add what the tokenizer adds around a raw text (BOS for most models).
@@ -29,7 +31,7 @@ impl KnownFields for TokenizeRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct DetokenizeRequest {
     pub tokens: Vec<u32>,
 }
@@ -40,20 +42,24 @@ impl KnownFields for DetokenizeRequest {
     }
 }
 
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest, responses(
+    (status = 200, body = TokenizeResponse), (status = 400, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn tokenize(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenizeResponse>> {
     let req: TokenizeRequest = parse_body(&body_bytes(body)?)?;
     let engine = st.engine()?;
     let ids = engine
         .tokenize(&req.content, req.add_special)
         .map_err(|e| ApiError::invalid("content", format!("{e:#}")))?;
     if !req.with_pieces {
-        return Ok(Json(json!({"tokens": ids})));
+        return Ok(Json(TokenizeResponse {
+            tokens: Tokens::Ids(ids),
+        }));
     }
     let tok = &engine.assets.tokenizer;
-    let pieces: Vec<Value> = ids
+    let pieces: Vec<TokenPiece> = ids
         .iter()
         .map(|&id| {
             // A piece that is not whole UTF-8 (part of a character) comes as its bytes.
@@ -66,16 +72,20 @@ pub async fn tokenize(
             } else {
                 json!(text)
             };
-            json!({"id": id, "piece": piece})
+            TokenPiece { id, piece }
         })
         .collect();
-    Ok(Json(json!({"tokens": pieces})))
+    Ok(Json(TokenizeResponse {
+        tokens: Tokens::Pieces(pieces),
+    }))
 }
 
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest, responses(
+    (status = 200, body = DetokenizeResponse), (status = 400, body = ErrorResponse), (status = 422, body = ErrorResponse)))]
 pub async fn detokenize(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DetokenizeResponse>> {
     let req: DetokenizeRequest = parse_body(&body_bytes(body)?)?;
     let engine = st.engine()?;
     let vocab = engine.model.config().vocab_size;
@@ -91,5 +101,5 @@ pub async fn detokenize(
         .tokenizer
         .decode(&req.tokens, false)
         .map_err(|e| ApiError::invalid("tokens", format!("{e}")))?;
-    Ok(Json(json!({"content": content})))
+    Ok(Json(DetokenizeResponse { content }))
 }

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
+use utoipa::ToSchema;
 
 /// The top-level fields a request body may have.
 pub trait KnownFields {
@@ -119,7 +120,7 @@ pub fn parse_body<T: DeserializeOwned + KnownFields>(bytes: &[u8]) -> ApiResult<
 }
 
 /// `"stop": "x"` or `"stop": ["x", "y"]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -136,14 +137,14 @@ impl OneOrMany {
 }
 
 /// Message content: a string or an array of parts (`{"type": "text", "text": …}`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -151,7 +152,7 @@ pub struct ContentPart {
     pub text: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct InMessage {
     pub role: String,
     #[serde(default)]
@@ -164,11 +165,12 @@ pub struct InMessage {
     pub name: Option<String>,
     /// Anything else: refused unless null (a replayed response may carry `refusal: null`).
     #[serde(flatten)]
+    #[schema(ignore)]
     pub other: HashMap<String, Value>,
 }
 
 /// A call in an assistant message sent back to the model.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InToolCall {
     #[serde(default)]
@@ -178,7 +180,7 @@ pub struct InToolCall {
     pub function: InCalledFunction,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InCalledFunction {
     pub name: String,
@@ -187,7 +189,7 @@ pub struct InCalledFunction {
 }
 
 /// An entry of `tools`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InTool {
     #[serde(rename = "type")]
@@ -195,7 +197,7 @@ pub struct InTool {
     pub function: InFunction,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InFunction {
     pub name: String,
@@ -210,14 +212,14 @@ pub struct InFunction {
     pub strict: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
 /// Fields shared by both generation routes.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 pub struct CommonFields {
     #[serde(default)]
     pub model: Option<String>,
@@ -255,7 +257,7 @@ pub struct CommonFields {
     pub structured: StructuredFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     pub messages: Vec<InMessage>,
     #[serde(default)]
@@ -275,7 +277,7 @@ pub struct ChatRequest {
 }
 
 /// `prompt`: a string, strings, token ids, or lists of token ids.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     Text(String),
@@ -284,7 +286,7 @@ pub enum PromptField {
     TokenLists(Vec<Vec<u32>>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
     pub prompt: PromptField,
     #[serde(default)]
@@ -295,7 +297,7 @@ pub struct CompletionRequest {
     pub common: CommonFields,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReIsqRequest {
     /// A type name (`Q4K`, `q4_k`, `8`…), or `none` / null for the load dtype.
     #[serde(default, alias = "isq_type", alias = "isq")]
