@@ -221,4 +221,38 @@ def _():
     assert r.choices[0].message.content
 
 
+@check("live responses and requests match /openapi.json's schemas")
+def _():
+    doc = httpx.get(root + "/openapi.json", headers=AUTH).json()
+
+    def valid(name, value):
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        jsonschema.Draft202012Validator(schema).validate(value)
+
+    post = lambda path, body: httpx.post(root + path, headers=AUTH, json=body)  # noqa: E731
+    chat = {"model": MODEL, "messages": ASK, "max_tokens": 40, "temperature": 0, "logprobs": True,
+            "tools": TOOLS, "tool_choice": "required"}
+    valid("ChatRequest", chat)
+    valid("ChatCompletion", post("/v1/chat/completions", chat).json())
+    valid("ChatCompletion", post("/v1/chat/completions", {"messages": ASK, "max_tokens": 4}).json())
+    with httpx.stream("POST", base_url + "/chat/completions", headers=AUTH,
+                      json={**chat, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    for e in events[:-1]:
+        valid("ChatCompletionChunk", json.loads(e))
+    comp = {"prompt": "Hello", "max_tokens": 4, "logprobs": 2}
+    valid("CompletionRequest", comp)
+    valid("Completion", post("/v1/completions", comp).json())
+    valid("EmbeddingList", post("/v1/embeddings", {"input": ["a", "b"]}).json())
+    valid("EmbeddingList", post("/v1/embeddings", {"input": "a", "encoding_format": "base64"}).json())
+    valid("TokenizeResponse", post("/tokenize", {"content": "Hi there", "with_pieces": True}).json())
+    valid("DetokenizeResponse", post("/detokenize", {"tokens": [1, 2]}).json())
+    valid("ModelList", httpx.get(base_url + "/models", headers=AUTH).json())
+    valid("ErrorResponse", post("/v1/chat/completions", {"messages": []}).json())
+    for path in ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize",
+                 "/v1/models", "/v1/re_isq", "/health", "/metrics"]:
+        assert path in doc["paths"], path
+
+
 print("all tool and structured-output checks passed")
