@@ -19,6 +19,19 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release "$@" 2>&1 | tee "$log" || status=$?
+# The Python package (python/), built into the helper venv from the same target dir, and
+# its pytest suite on the test model.
+venv="${SMELT_TEST_MODELS:-$HOME/.cache/smelt-test-models}/venv"
+start=$(date +%s)
+if "$venv/bin/pip" install --quiet ./python pytest==9.2.0 2>&1 | tee -a "$log"; then
+  echo "[test] pip install ./python: $(( $(date +%s) - start )) s" >&2
+  "$venv/bin/python" -m pytest python/tests -q -p no:cacheprovider 2>&1 | tee -a "$log" || status=1
+else
+  echo "pytest: 1 failed (pip install ./python failed)" | tee -a "$log"
+  status=1
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^[0-9]+ (passed|failed)/ && / in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     /^pytest: 1 failed/ { f += 1 }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -5,7 +5,7 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use smelt::engine::sampling::SamplingParams;
 use smelt::engine::{Engine, GenerateRequest};
-use smelt::loaders::{LoadOptions, ModelSpec};
+use smelt::loaders::ModelSpec;
 use smelt::quant::{IsqOrganization, IsqType};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -321,62 +321,28 @@ fn sampling_params(s: &SamplingArgs) -> SamplingParams {
 }
 
 fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, f64, f64)> {
-    let topology = cli
-        .topology
-        .as_deref()
-        .map(smelt::quant::Topology::from_file)
-        .transpose()?;
-    let imatrix = match (&cli.calibration_file, &cli.imatrix) {
-        (Some(text), out) => {
-            let dense = LoadOptions {
-                dtype,
-                ..Default::default()
-            };
-            let mut engine = Engine::new(smelt::load(&spec, &dense)?)?;
-            let m = smelt::calibrate::collect(&mut engine, text, cli.calibration_ctx)?;
-            let path = out.clone().unwrap_or_else(|| PathBuf::from("imatrix.dat"));
-            m.save_dat(&path)?;
-            tracing::info!(
-                "wrote the imatrix ({} tensors, {} chunks) to {}",
-                m.len(),
-                m.chunks,
-                path.display()
-            );
-            Some(std::sync::Arc::new(m))
-        }
-        (None, Some(path)) => Some(std::sync::Arc::new(smelt::quant::imatrix::Imatrix::load(
-            path,
-        )?)),
-        (None, None) => None,
-    };
-    if imatrix.is_some() && cli.isq.is_none() && topology.is_none() {
-        tracing::warn!("an imatrix only matters with --isq or --topology; loading unquantized");
-    }
-    let opts = LoadOptions {
-        dtype,
-        isq: cli.isq,
-        topology,
-        imatrix,
-        from_uqff: cli.from_uqff.clone(),
-        record_residual: cli.write_uqff.is_some(),
-        organization: cli.isq_organization,
-        ..Default::default()
-    };
+    let mut b = smelt::ModelBuilder::from_spec(spec)
+        .with_dtype(dtype)
+        .with_isq_organization(cli.isq_organization);
     if let Some(t) = cli.isq {
-        let which = match cli.isq_organization {
-            IsqOrganization::Default => "attention and MLP linears",
-            IsqOrganization::Moqe => "MoE expert linears (moqe)",
-        };
-        tracing::info!(
-            "ISQ: {which} → {t} (bit widths on the CPU: 2→Q2K, 3→Q3K, 4→Q4K, 5→Q5K, 6→Q6K, 8→Q8_0)"
-        );
-    } else if cli.isq_organization == IsqOrganization::Moqe && cli.topology.is_none() {
-        tracing::warn!("--isq-organization moqe without --isq quantizes nothing");
+        b = b.with_isq(t);
     }
-    let loaded = smelt::load(&spec, &opts)?;
-    if let Some(path) = &cli.write_uqff {
-        smelt::quant::uqff::write_loaded(&loaded, path)?;
+    if let Some(p) = &cli.topology {
+        b = b.with_topology(p);
     }
+    if let Some(p) = &cli.imatrix {
+        b = b.with_imatrix(p);
+    }
+    if let Some(p) = &cli.calibration_file {
+        b = b.with_calibration_file(p, cli.calibration_ctx);
+    }
+    if let Some(p) = &cli.from_uqff {
+        b = b.with_from_uqff(p);
+    }
+    if let Some(p) = &cli.write_uqff {
+        b = b.with_write_uqff(p);
+    }
+    let loaded = b.build_loaded()?;
     let (load_s, isq_s) = (loaded.load_seconds, loaded.isq_seconds);
     Ok((Engine::new(loaded)?, load_s, isq_s))
 }

@@ -214,6 +214,16 @@ impl SchedulerHandle {
         rx.await.map_err(|_| "the engine has stopped".to_string())?
     }
 
+    /// `re_isq` for callers outside an async runtime (the Python API).
+    pub fn re_isq_blocking(&self, ty: Option<IsqType>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::ReIsq(ty, tx))
+            .map_err(|_| "the engine has stopped".to_string())?;
+        rx.blocking_recv()
+            .map_err(|_| "the engine has stopped".to_string())?
+    }
+
     /// Stops admitting work, lets running sequences finish for up to `grace`, then
     /// cancels the rest. Resolves when the engine is idle.
     pub async fn shutdown(&self, grace: Duration) {

@@ -98,7 +98,7 @@ impl LoadOptions {
     }
 
     /// Whether any layer may be quantized (for progress messages).
-    fn any_isq(&self) -> bool {
+    pub fn any_isq(&self) -> bool {
         self.isq.is_some() || self.topology.is_some()
     }
 }
