@@ -730,8 +730,43 @@ def self_test():
     print(f"self-test: a valid set passes, {len(cases)} broken variants of it are rejected")
 
 
+def dockerfile_problems(root):
+    """deploy/Dockerfile's build stage: every COPY source exists and is let through by
+    /.dockerignore (a `*` followed by `!path` exceptions), and every workspace member of
+    Cargo.toml is copied (Cargo reads the whole workspace before building one package)."""
+    import re
+    problems = []
+    keep = [line[1:].strip().rstrip("/") for line in (root / ".dockerignore").read_text().splitlines()
+            if line.startswith("!")]
+
+    def shipped(path):
+        return any(path == k or path.startswith(k + "/") for k in keep)
+
+    copied = []
+    for line in (root / "deploy" / "Dockerfile").read_text().splitlines():
+        parts = line.split()
+        if not parts or parts[0] != "COPY" or any(p.startswith("--from") for p in parts):
+            continue
+        for src in [p for p in parts[1:-1] if not p.startswith("--")]:
+            src = src.rstrip("/")
+            copied.append(src)
+            if not (root / src).exists():
+                problems.append(f"deploy/Dockerfile copies {src}, which does not exist")
+            elif not shipped(src):
+                problems.append(f"deploy/Dockerfile copies {src}, which .dockerignore leaves out")
+    cargo = (root / "Cargo.toml").read_text()
+    m = re.search(r"^members\s*=\s*\[([^\]]*)\]", cargo, re.M)
+    for member in re.findall(r'"([^"]+)"', m.group(1)) if m else []:
+        if member != "." and not any(c == f"{member}/Cargo.toml" or c == member for c in copied):
+            problems.append(f"deploy/Dockerfile does not copy workspace member {member}/Cargo.toml")
+    return problems
+
+
 def main():
     here = Path(__file__).resolve().parent
+    for p in dockerfile_problems(here.parent):
+        sys.exit(f"check-deploy: {p}")
+    print("ok deploy/Dockerfile: COPY sources exist, pass .dockerignore, cover the workspace")
     directory = Path(sys.argv[1]) if len(sys.argv) > 1 else here.parent / "deploy" / "k8s"
     try:
         self_test()
