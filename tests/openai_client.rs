@@ -105,7 +105,7 @@ fn openai_python_client_then_graceful_shutdown() {
     // SIGTERM during a stream: the stream still ends properly, then the process exits 0.
     let body = serde_json::json!({
         "messages": [{"role": "user", "content": "Write a long story."}],
-        "max_tokens": 40, "temperature": 0, "stream": true,
+        "max_tokens": 160, "temperature": 0, "stream": true,
         "logit_bias": {"2": -100},
     });
     let auth = format!("Bearer {key}");
@@ -127,6 +127,18 @@ fn openai_python_client_then_graceful_shutdown() {
         .status()
         .unwrap()
         .success());
+    // Draining: still listening, /health 503 so load balancers move on, new work refused.
+    let h = http::get(addr, "/health");
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(h.body.contains("draining"), "{}", h.body);
+    let refused = http::request(
+        addr,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 2}"#,
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(refused.status, 503, "{}", refused.body);
     while let Some(c) = next_chunk(&mut conn) {
         seen.push_str(&c);
     }

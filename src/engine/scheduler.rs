@@ -109,6 +109,8 @@ pub struct SchedulerHandle {
     pub engine: Arc<RwLock<Engine>>,
     pub metrics: Arc<Metrics>,
     max_queue: usize,
+    /// Set by `shutdown`: submissions are refused from then on.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SchedulerHandle {
@@ -168,6 +170,7 @@ impl SchedulerHandle {
             engine,
             metrics,
             max_queue: cfg.max_queue,
+            stopping: Arc::default(),
         })
     }
 
@@ -177,6 +180,9 @@ impl SchedulerHandle {
         &self,
         req: SeqRequest,
     ) -> Result<tmpsc::UnboundedReceiver<SeqEvent>, SubmitError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown);
+        }
         {
             let engine = self.engine.read().map_err(|_| SubmitError::ShuttingDown)?;
             let ctx = engine.context_length();
@@ -227,6 +233,7 @@ impl SchedulerHandle {
     /// Stops admitting work, lets running sequences finish for up to `grace`, then
     /// cancels the rest. Resolves when the engine is idle.
     pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.store(true, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Shutdown(grace, tx)).is_ok() {
             let _ = rx.await;

@@ -154,9 +154,10 @@ pub fn serve(engine: Engine, cfg: ServerConfig) -> Result<()> {
     serve_loading(cfg, move || Ok(engine))
 }
 
-/// Listens first, then loads: while `load` runs (and while draining at shutdown) `/health`
-/// answers 503 and every other route 503 "loading", so probes and load balancers see the
-/// replica before it takes traffic.
+/// Listens first, then loads: while `load` runs `/health` answers 503 and every other
+/// route 503 "loading", so probes and load balancers see the replica before it takes
+/// traffic. After SIGINT/SIGTERM it keeps listening while running requests finish (up to
+/// the grace period): `/health` 503 "draining", new generation requests 503.
 pub fn serve_loading(cfg: ServerConfig, load: impl FnOnce() -> Result<Engine>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -188,10 +189,12 @@ pub fn serve_loading(cfg: ServerConfig, load: impl FnOnce() -> Result<Engine>) -
                 .with_graceful_shutdown(async move {
                     shutdown_signal().await;
                     tracing::info!("shutdown requested: draining");
+                    // Still listening while running requests finish: /health says 503 and
+                    // new requests get 503, so load balancers move on; then the listener
+                    // closes and open connections finish.
                     draining.store(true, Ordering::Relaxed);
-                    // Drain the engine alongside the server's own drain.
                     if let Some(h) = engine.get().cloned() {
-                        tokio::spawn(async move { h.shutdown(grace).await });
+                        h.shutdown(grace).await;
                     }
                 })
                 .await
