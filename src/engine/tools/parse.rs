@@ -439,6 +439,37 @@ mod tests {
         assert_eq!((content.as_str(), c.len()), ("Hi \"you\"", 0));
     }
 
+    /// Every prefix of outputs with multi-byte text, escapes and stray markers reads without
+    /// panicking, in every format, finished or not.
+    #[test]
+    fn any_prefix_of_any_output_reads() {
+        let texts = [
+            "Voilà — «ça» marche.<tool_call>\n{\"name\": \"météo\", \"arguments\": {\"ville\": \"Zürich 🌧\", \"q\": \"\\u00e9\\\"\"}}\n</tool_call>",
+            "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"a\": \"日本\"}}] trailing [TOOL_CALLS]g[ARGS]{\"b\": [1, {\"c\": null}]}",
+            "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"x\": -1.5e3}}; {\"name\": \"g\", \"parameters\": \"{}\"}",
+            "{\"tool_calls\": [{\"name\": \"f\", \"arguments\": {\"s\": \"}]\\\\\"}}]}",
+            "{\"response\": \"naïve \\ud83d\\ude00 \\\"q\\\" ok\"}",
+            "{{{{[[[\"\\\"",
+        ];
+        for text in texts {
+            for end in (0..=text.len()).filter(|&e| text.is_char_boundary(e)) {
+                for format in [
+                    ToolFormat::Hermes,
+                    ToolFormat::Mistral,
+                    ToolFormat::Llama3,
+                    ToolFormat::Generic,
+                ] {
+                    for finished in [false, true] {
+                        let _ = read(format, &text[..end], finished);
+                    }
+                }
+            }
+        }
+        let (_, c) = calls(ToolFormat::Hermes, texts[0]);
+        assert_eq!(c[0].0, "météo");
+        assert!(serde_json::from_str::<serde_json::Value>(&c[0].1).is_ok());
+    }
+
     #[test]
     fn partial_reads_grow_monotonically() {
         let text = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"n\": 3}}\n</tool_call>";
