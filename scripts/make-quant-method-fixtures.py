@@ -92,25 +92,30 @@ def fp8(w, meta):
 
 
 def hqq_ref(w, suffix, meta):
-    for bits in (4, 8):
-        t = torch.from_numpy(w)
-        wq, m = Quantizer.quantize(t, nbits=bits, group_size=GROUP, axis=0,
-                                   optimize=True, bitpack=False, device="cpu")
-        codes = wq.to(torch.uint8).numpy().reshape(-1)       # (64, L) view of the flat weight
-        scale = m["scale"].float().numpy().reshape(-1)
-        zero = m["zero"].float().numpy().reshape(-1)
-        # The package's own dequantize (packed, as a model would hold it), in f32.
-        wq_p, m_p = Quantizer.quantize(t, nbits=bits, group_size=GROUP, axis=0,
-                                       optimize=True, bitpack=True, device="cpu")
-        m_p["compute_dtype"] = torch.float32
-        deq = Quantizer.dequantize(wq_p, m_p).float().numpy()
-        save(f"hqq{bits}{suffix}.codes.u8", codes)
-        save(f"hqq{bits}{suffix}.scale.f32", scale)
-        save(f"hqq{bits}{suffix}.zero.f32", zero)
-        save(f"hqq{bits}{suffix}.deq.f32", deq)
+    for axis, tag in ((0, ""), (1, "_axis1")):
+        for bits in (4, 8):
+            t = torch.from_numpy(w)
+            wq, m = Quantizer.quantize(t, nbits=bits, group_size=GROUP, axis=axis,
+                                       optimize=True, bitpack=False, device="cpu")
+            # axis 0: the (64, L) view of the flat weight; axis 1: the (L, 64) view. Either
+            # way reshape(-1) gives codes in the weight's order for axis 1 and hqq's view
+            # order for axis 0, and one scale / zero per group.
+            codes = wq.to(torch.uint8).numpy().reshape(-1)
+            scale = m["scale"].float().numpy().reshape(-1)
+            zero = m["zero"].float().numpy().reshape(-1)
+            # The package's own dequantize (packed, as a model would hold it), in f32.
+            wq_p, m_p = Quantizer.quantize(t, nbits=bits, group_size=GROUP, axis=axis,
+                                           optimize=True, bitpack=True, device="cpu")
+            m_p["compute_dtype"] = torch.float32
+            deq = Quantizer.dequantize(wq_p, m_p).float().numpy()
+            save(f"hqq{bits}{tag}{suffix}.codes.u8", codes)
+            save(f"hqq{bits}{tag}{suffix}.scale.f32", scale)
+            save(f"hqq{bits}{tag}{suffix}.zero.f32", zero)
+            save(f"hqq{bits}{tag}{suffix}.deq.f32", deq)
     meta["hqq"] = (f"hqq {getattr(hqq, '__version__', '0.2.8')} on torch {torch.__version__} CPU: "
-                   "Quantizer.quantize(axis=0, group_size=64, optimize=True) (legacy proximal "
-                   "optimiser, 20 iterations, early stop), Quantizer.dequantize in f32")
+                   "Quantizer.quantize(axis=0 and axis=1 (files hqq*_axis1*), group_size=64, "
+                   "optimize=True) (legacy proximal optimiser, 20 iterations, early stop), "
+                   "Quantizer.dequantize in f32")
 
 
 def main():

@@ -202,3 +202,48 @@ fn bad_uqff_files_are_clear_errors() {
         std::fs::remove_file(p).ok();
     }
 }
+
+/// UQFF 1.0 files predate HQQ's `.weight.axis`: without it a layer is hqq's axis 0. A file
+/// of `HQQ4_AXIS0` layers with the axis tensors stripped loads to the same logits; the
+/// default `HQQ4` (axis 1) round-trips with its axis recorded.
+#[test]
+fn hqq_files_without_an_axis_read_as_axis_0() {
+    let _serial = serial();
+    let tokens = [504u32, 3458, 282, 4649, 314, 2272, 30, 1030];
+    let opts = LoadOptions {
+        isq: Some("HQQ4_AXIS0".parse().unwrap()),
+        record_residual: true,
+        ..Default::default()
+    };
+    let isq = smelt::load(&plain_spec(), &opts).unwrap();
+    let path = tmp("axis0.uqff");
+    smelt::quant::uqff::write_loaded(&isq, &path).unwrap();
+    // Rewrite the file without any `.weight.axis` tensor, as a 1.0 writer made it.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".weight.axis"))
+        .collect();
+    assert!(kept.len() < st.len(), "the writer records the axis");
+    let old = tmp("axis0-v1.0.uqff");
+    safetensors::serialize_to_file(kept, header.metadata().clone(), &old).unwrap();
+    std::fs::copy(
+        smelt::quant::uqff_residual::residual_path(&path),
+        smelt::quant::uqff_residual::residual_path(&old),
+    )
+    .unwrap();
+    let back = from_uqff(&plain_spec(), &old).unwrap();
+    assert!(logits(&back, &tokens) == logits(&isq, &tokens));
+    assert!(back
+        .model
+        .linear_storage_summary()
+        .iter()
+        .any(|(k, _)| k == "HQQ4_AXIS0"));
+    for p in [&path, &old] {
+        std::fs::remove_file(p).ok();
+        std::fs::remove_file(smelt::quant::uqff_residual::residual_path(p)).ok();
+    }
+}

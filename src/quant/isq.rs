@@ -20,9 +20,10 @@ pub fn take_isq_seconds() -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IsqType {
     Ggml(GgmlDType),
-    /// HQQ, axis 0, group 64 (`quant/hqq.rs`); bits 4 or 8.
+    /// HQQ, group 64 (`quant/hqq.rs`); bits 4 or 8, grouped along hqq's `axis`.
     Hqq {
         bits: u8,
+        axis: super::hqq::HqqAxis,
     },
     /// FP8 E4M3 with a scale per row (`quant/fp8.rs`).
     Fp8,
@@ -36,8 +37,49 @@ pub enum IsqType {
 
 /// The non-ggml methods, by name.
 const METHOD_TYPES: &[(IsqType, &str)] = &[
-    (IsqType::Hqq { bits: 4 }, "HQQ4"),
-    (IsqType::Hqq { bits: 8 }, "HQQ8"),
+    // `HQQ4` / `HQQ8` are the default grouping (hqq::default_axis); both can be named.
+    (
+        IsqType::Hqq {
+            bits: 4,
+            axis: super::hqq::default_axis(4),
+        },
+        "HQQ4",
+    ),
+    (
+        IsqType::Hqq {
+            bits: 8,
+            axis: super::hqq::default_axis(8),
+        },
+        "HQQ8",
+    ),
+    (
+        IsqType::Hqq {
+            bits: 4,
+            axis: super::hqq::HqqAxis::Strided,
+        },
+        "HQQ4_AXIS0",
+    ),
+    (
+        IsqType::Hqq {
+            bits: 8,
+            axis: super::hqq::HqqAxis::Strided,
+        },
+        "HQQ8_AXIS0",
+    ),
+    (
+        IsqType::Hqq {
+            bits: 4,
+            axis: super::hqq::HqqAxis::Contiguous,
+        },
+        "HQQ4_AXIS1",
+    ),
+    (
+        IsqType::Hqq {
+            bits: 8,
+            axis: super::hqq::HqqAxis::Contiguous,
+        },
+        "HQQ8_AXIS1",
+    ),
     (IsqType::Fp8, "FP8"),
     (IsqType::Afq { bits: 2 }, "AFQ2"),
     (IsqType::Afq { bits: 3 }, "AFQ3"),
@@ -270,12 +312,13 @@ fn quantize_method(
     let (rows, cols) = weight.dims2()?;
     let data: Vec<f32> = weight.flatten_all()?.to_vec1()?;
     Ok(match ty {
-        IsqType::Hqq { bits } => Arc::new(super::HqqLinear::quantize(
+        IsqType::Hqq { bits, axis } => Arc::new(super::HqqLinear::quantize_axis(
             &data,
             rows,
             cols,
             bits.into(),
             super::hqq::DEFAULT_GROUP,
+            axis,
             bias,
         )?),
         IsqType::Afq { bits } => Arc::new(super::AfqLinear::quantize(
@@ -351,8 +394,20 @@ mod tests {
     #[test]
     fn parses_method_names() {
         let cases = [
-            ("HQQ4", IsqType::Hqq { bits: 4 }),
-            ("hqq8", IsqType::Hqq { bits: 8 }),
+            (
+                "HQQ4",
+                IsqType::Hqq {
+                    bits: 4,
+                    axis: crate::quant::hqq::default_axis(4),
+                },
+            ),
+            (
+                "hqq8",
+                IsqType::Hqq {
+                    bits: 8,
+                    axis: crate::quant::hqq::default_axis(8),
+                },
+            ),
             ("fp8", IsqType::Fp8),
             ("AFQ2", IsqType::Afq { bits: 2 }),
             ("afq3", IsqType::Afq { bits: 3 }),
@@ -375,7 +430,14 @@ mod tests {
             IsqType::Afq { bits: 4 }.for_row_len(576),
             Some(IsqType::Afq { bits: 4 })
         );
-        assert_eq!(IsqType::Hqq { bits: 4 }.for_row_len(100), None);
+        assert_eq!(
+            IsqType::Hqq {
+                bits: 4,
+                axis: crate::quant::hqq::default_axis(4)
+            }
+            .for_row_len(100),
+            None
+        );
         assert_eq!(IsqType::Fp8.for_row_len(100), Some(IsqType::Fp8));
     }
 

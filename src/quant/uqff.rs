@@ -5,7 +5,8 @@
 //! unquantized: the weight in its dtype; HQQ/AFQ: the packed u32 codes; FP8: E4M3 codes),
 //! `.weight.scales` / `.weight.zeros` (HQQ, f16), `.weight.scales` / `.weight.biases` (AFQ,
 //! f16), `.weight.scales` (FP8, f32 [rows, scales per row]) with `.weight.group_size` (columns
-//! per scale; absent: one per row), `.weight.bits` and `.weight.group_size` (u32),
+//! per scale; absent: one per row), `.weight.bits` and `.weight.group_size` (u32), HQQ's
+//! `.weight.axis` (u32, hqq's grouping axis; absent before 1.1: axis 0),
 //! `<key>.weight.dtype` (u32 ggml type id), `<key>.weight.shape` (u32 dims),
 //! `<key>.bias` (f32) when the layer has one, and u32 scalars `uqff.version.major|minor|
 //! patch`. The header's `__metadata__` records the model's shape, checked on load so a
@@ -30,7 +31,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The format version written; files of another major version are refused.
-pub const VERSION: (u32, u32, u32) = (1, 0, 0);
+pub const VERSION: (u32, u32, u32) = (1, 1, 0);
 
 const FORMAT_GGML: u8 = 0;
 const FORMAT_UNQUANTIZED: u8 = 1;
@@ -187,6 +188,9 @@ pub fn write(
             tensors.push((format!("{name}.weight.bits"), dt, sh, b));
             let (dt, sh, b) = scalar_u32(h.group_size() as u32);
             tensors.push((format!("{name}.weight.group_size"), dt, sh, b));
+            // Absent in files written before the contiguous grouping: those are axis 0.
+            let (dt, sh, b) = scalar_u32(u32::from(h.axis().hqq_axis()));
+            tensors.push((format!("{name}.weight.axis"), dt, sh, b));
         } else if let Some(a) = lin.as_any().downcast_ref::<super::afq::AfqLinear>() {
             let grouped = [
                 (
@@ -517,8 +521,17 @@ impl UqffSource {
                 };
                 if tag == FORMAT_HQQ {
                     let zeros = self.f16s(&format!("{name}.weight.zeros"))?;
+                    let axis_key = format!("{name}.weight.axis");
+                    let axis = if self.file.contains(&axis_key) {
+                        match self.u32s(&axis_key)?.as_slice() {
+                            [a] if *a <= 1 => super::hqq::HqqAxis::from_hqq_axis(*a as u8)?,
+                            _ => bail!("{} must be a u32 scalar, 0 or 1", what(&axis_key)),
+                        }
+                    } else {
+                        super::hqq::HqqAxis::Strided
+                    };
                     Arc::new(
-                        super::hqq::HqqLinear::from_parts(rows, cols, bits, group, words, scales, zeros, bias)
+                        super::hqq::HqqLinear::from_parts(rows, cols, bits, group, axis, words, scales, zeros, bias)
                             .with_context(|| what(name))?,
                     )
                 } else {
