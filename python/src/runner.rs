@@ -10,6 +10,7 @@ use crate::which::{parse_isq, Which};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use smelt::engine::chat_template::ChatMessage;
+use smelt::engine::ids::{new_id, now_secs};
 use smelt::engine::scheduler::{
     SchedulerConfig, SchedulerHandle, SeqEvent, SeqRequest, SubmitError,
 };
@@ -30,16 +31,6 @@ pub struct Runner {
     handle: SchedulerHandle,
     model_name: String,
     context_length: usize,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
 fn waiter() -> PyResult<Runtime> {
@@ -102,6 +93,23 @@ impl Runner {
             .engine
             .read()
             .map_err(|_| PyRuntimeError::new_err("the engine failed"))
+    }
+
+    /// Submits the choices and waits for all of them: each one's output and the tokens
+    /// generated in all.
+    fn run(
+        &self,
+        py: Python<'_>,
+        prompt: &[u32],
+        g: &Generation,
+    ) -> PyResult<(Vec<Finished>, usize)> {
+        let rt = waiter()?;
+        let mut out = Vec::new();
+        for mut rx in self.submit(prompt, g)? {
+            out.push(collect(py, &rt, &mut rx)?);
+        }
+        let tokens = out.iter().map(|f| f.completion_tokens).sum();
+        Ok((out, tokens))
     }
 
     /// `n` sequences of `prompt` (seeds offset per choice, as the HTTP server does).
@@ -225,12 +233,9 @@ impl Runner {
             };
             return Ok(Py::new(py, stream)?.into_any());
         }
-        let rt = waiter()?;
+        let (finished, completion_tokens) = self.run(py, &prompt, &g)?;
         let mut choices = Vec::new();
-        let mut completion_tokens = 0;
-        for (index, mut rx) in self.submit(&prompt, &g)?.into_iter().enumerate() {
-            let f = collect(py, &rt, &mut rx)?;
-            completion_tokens += f.completion_tokens;
+        for (index, f) in finished.into_iter().enumerate() {
             choices.push(Choice {
                 index,
                 message: ResponseMessage {
@@ -266,12 +271,9 @@ impl Runner {
         if prompt.is_empty() {
             return Err(value_error("the prompt is empty"));
         }
-        let rt = waiter()?;
+        let (finished, completion_tokens) = self.run(py, &prompt, &g)?;
         let mut choices = Vec::new();
-        let mut completion_tokens = 0;
-        for (index, mut rx) in self.submit(&prompt, &g)?.into_iter().enumerate() {
-            let f = collect(py, &rt, &mut rx)?;
-            completion_tokens += f.completion_tokens;
+        for (index, f) in finished.into_iter().enumerate() {
             let text = if request.echo_prompt {
                 format!("{}{}", request.prompt, f.text)
             } else {

@@ -3,6 +3,7 @@
 
 pub mod chat_template;
 pub mod constraint;
+pub mod ids;
 pub mod kv_cache;
 pub mod metrics;
 pub mod sampling;

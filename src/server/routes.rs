@@ -42,15 +42,7 @@ pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes
     })
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{:032x}", rand::random::<u128>())
-}
+use crate::engine::ids::{new_id, now_secs};
 
 #[utoipa::path(get, path = "/health", security(()), responses(
     (status = 200, description = "Serving", body = Health),

@@ -130,14 +130,7 @@ fn read_llama3(text: &str, finished: bool) -> Partial {
         return Partial::default();
     }
     if !text[i..].starts_with('{') {
-        return Partial {
-            content: if finished || i < text.len() {
-                text.to_string()
-            } else {
-                String::new()
-            },
-            calls: Vec::new(),
-        };
+        return plain_text(text, i, finished);
     }
     let mut calls = Vec::new();
     loop {
@@ -181,14 +174,7 @@ fn read_llama3(text: &str, finished: bool) -> Partial {
 fn read_generic(text: &str, finished: bool) -> Partial {
     let i = skip_ws(text, 0);
     if !text[i..].starts_with('{') {
-        return Partial {
-            content: if finished || i < text.len() {
-                text.to_string()
-            } else {
-                String::new()
-            },
-            calls: Vec::new(),
-        };
+        return plain_text(text, i, finished);
     }
     let j = skip_ws(text, i + 1);
     let Some(key_end) = string_end(text, j) else {
@@ -214,6 +200,19 @@ fn read_generic(text: &str, finished: bool) -> Partial {
             }
         }
         _ => fallback(text, finished),
+    }
+}
+
+/// Output that does not open with a call is content, once there is more than whitespace
+/// (or the output is complete).
+fn plain_text(text: &str, first: usize, finished: bool) -> Partial {
+    Partial {
+        content: if finished || first < text.len() {
+            text.to_string()
+        } else {
+            String::new()
+        },
+        calls: Vec::new(),
     }
 }
 
