@@ -85,7 +85,7 @@ struct ServerArgs {
     /// Address to bind.
     #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
-    /// Require `Authorization: Bearer KEY` on every route but /health.
+    /// Require `Authorization: Bearer KEY` on every route but /health and /metrics.
     #[arg(long, global = true, env = "SMELT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Model id reported by /v1/models and expected in requests (default: the model's).

@@ -255,8 +255,13 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
-    // Authentication: /health is open, everything else needs the key.
+    // Authentication: /health and /metrics are open (probes, scrapers), everything else
+    // needs the key.
     assert_eq!(http::get(addr, "/health").status, 200);
+    let m = http::get(addr, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains("vllm:num_requests_waiting"), "{}", m.body);
+    assert_eq!(http::get(addr, "/openapi.json").status, 401);
     let r = http::get(addr, "/v1/models");
     assert_eq!(r.status, 401);
     assert_eq!(r.json()["error"]["code"], "invalid_api_key");

@@ -30,7 +30,7 @@ use std::time::Duration;
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
-    /// When set, every route but /health needs `Authorization: Bearer <key>`.
+    /// When set, every route but /health and /metrics needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// The model id clients use (default: the loaded model's name).
     pub served_model_name: Option<String>,
