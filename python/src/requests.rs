@@ -153,25 +153,6 @@ impl ChatCompletionRequest {
     }
 }
 
-impl ChatCompletionRequest {
-    pub fn generation(&self) -> PyResult<Generation> {
-        generation(
-            self.max_tokens,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.stop_seqs.clone(),
-            self.seed,
-            self.n_choices,
-            self.presence_penalty,
-            self.frequency_penalty,
-            self.repetition_penalty,
-            self.logit_bias.clone(),
-        )
-    }
-}
-
 /// A raw-text completion of `prompt` (tokenized with the tokenizer's special tokens).
 /// `echo_prompt` puts the prompt before the generated text.
 #[pyclass(module = "smelt", get_all, from_py_object)]
@@ -245,21 +226,28 @@ impl CompletionRequest {
     }
 }
 
-impl CompletionRequest {
-    pub fn generation(&self) -> PyResult<Generation> {
-        generation(
-            self.max_tokens,
-            self.temperature,
-            self.top_p,
-            self.top_k,
-            self.min_p,
-            self.stop_seqs.clone(),
-            self.seed,
-            self.n_choices,
-            self.presence_penalty,
-            self.frequency_penalty,
-            self.repetition_penalty,
-            self.logit_bias.clone(),
-        )
-    }
+/// Both requests carry the same sampling fields, checked the same way.
+macro_rules! impl_generation {
+    ($t:ty) => {
+        impl $t {
+            pub fn generation(&self) -> PyResult<Generation> {
+                generation(
+                    self.max_tokens,
+                    self.temperature,
+                    self.top_p,
+                    self.top_k,
+                    self.min_p,
+                    self.stop_seqs.clone(),
+                    self.seed,
+                    self.n_choices,
+                    self.presence_penalty,
+                    self.frequency_penalty,
+                    self.repetition_penalty,
+                    self.logit_bias.clone(),
+                )
+            }
+        }
+    };
 }
+impl_generation!(ChatCompletionRequest);
+impl_generation!(CompletionRequest);

@@ -78,93 +78,110 @@ fn parse_organization(o: &str) -> PyResult<IsqOrganization> {
     }
 }
 
-impl Which {
-    /// The builder for this model, with `in_situ_quant` (an ISQ type name) if given.
-    pub fn builder(&self, in_situ_quant: Option<&str>) -> PyResult<ModelBuilder> {
-        let (mut b, dtype, topology, organization, imatrix, calibration, from_uqff, write_uqff) =
-            match self {
-                Which::Plain {
-                    model_id,
-                    dtype,
-                    topology,
-                    organization,
-                    imatrix,
-                    calibration_file,
-                    from_uqff,
-                    write_uqff,
-                    revision,
-                } => (
-                    ModelBuilder::new(model_id)
-                        .with_revision(revision.as_deref().unwrap_or("main")),
-                    dtype.as_deref(),
-                    topology,
-                    organization,
-                    imatrix,
-                    calibration_file,
-                    from_uqff,
-                    write_uqff,
-                ),
-                Which::GGUF {
-                    quantized_model_id,
-                    quantized_filename,
-                    tok_model_id,
-                    topology,
-                    organization,
-                    imatrix,
-                    calibration_file,
-                    from_uqff,
-                    write_uqff,
-                } => {
-                    // The tokenizer of another model (its tokenizer.json) when asked for;
-                    // otherwise the GGUF's own, or a tokenizer.json beside it.
-                    let tokenizer_json = match tok_model_id {
-                        None => None,
-                        Some(id) => {
-                            let files = ModelFiles::resolve(id, "main", "tokenizer.json")
-                                .map_err(engine_error)?;
-                            files.get("tokenizer.json").map_err(engine_error)?
-                        }
-                    };
-                    (
-                        ModelBuilder::from_spec(ModelSpec::Gguf {
-                            model_id: Some(quantized_model_id.clone()),
-                            file: quantized_filename.clone(),
-                            tokenizer_json,
-                        }),
-                        None,
-                        topology,
-                        organization,
-                        imatrix,
-                        calibration_file,
-                        from_uqff,
-                        write_uqff,
-                    )
-                }
-            };
-        if let Some(d) = dtype {
-            b = b.with_dtype(parse_dtype(d)?);
-        }
-        if let Some(t) = in_situ_quant {
-            b = b.with_isq(parse_isq(t)?);
-        }
-        if let Some(o) = organization {
+/// The ISQ options both variants carry, borrowed.
+struct IsqOptions<'a> {
+    topology: &'a Option<PathBuf>,
+    organization: &'a Option<String>,
+    imatrix: &'a Option<PathBuf>,
+    calibration_file: &'a Option<PathBuf>,
+    from_uqff: &'a Option<PathBuf>,
+    write_uqff: &'a Option<PathBuf>,
+}
+
+impl IsqOptions<'_> {
+    fn apply(&self, mut b: ModelBuilder) -> PyResult<ModelBuilder> {
+        if let Some(o) = self.organization {
             b = b.with_isq_organization(parse_organization(o)?);
         }
-        if let Some(p) = topology {
+        if let Some(p) = self.topology {
             b = b.with_topology(p);
         }
-        if let Some(p) = imatrix {
+        if let Some(p) = self.imatrix {
             b = b.with_imatrix(p);
         }
-        if let Some(p) = calibration {
+        if let Some(p) = self.calibration_file {
             b = b.with_calibration_file(p, CALIBRATION_CTX);
         }
-        if let Some(p) = from_uqff {
+        if let Some(p) = self.from_uqff {
             b = b.with_from_uqff(p);
         }
-        if let Some(p) = write_uqff {
+        if let Some(p) = self.write_uqff {
             b = b.with_write_uqff(p);
         }
         Ok(b)
+    }
+}
+
+impl Which {
+    /// The builder for this model, with `in_situ_quant` (an ISQ type name) if given.
+    pub fn builder(&self, in_situ_quant: Option<&str>) -> PyResult<ModelBuilder> {
+        let (mut b, opts) = match self {
+            Which::Plain {
+                model_id,
+                dtype,
+                topology,
+                organization,
+                imatrix,
+                calibration_file,
+                from_uqff,
+                write_uqff,
+                revision,
+            } => {
+                let mut b = ModelBuilder::new(model_id)
+                    .with_revision(revision.as_deref().unwrap_or("main"));
+                if let Some(d) = dtype {
+                    b = b.with_dtype(parse_dtype(d)?);
+                }
+                let opts = IsqOptions {
+                    topology,
+                    organization,
+                    imatrix,
+                    calibration_file,
+                    from_uqff,
+                    write_uqff,
+                };
+                (b, opts)
+            }
+            Which::GGUF {
+                quantized_model_id,
+                quantized_filename,
+                tok_model_id,
+                topology,
+                organization,
+                imatrix,
+                calibration_file,
+                from_uqff,
+                write_uqff,
+            } => {
+                // The tokenizer of another model (its tokenizer.json) when asked for;
+                // otherwise the GGUF's own, or a tokenizer.json beside it.
+                let tokenizer_json = match tok_model_id {
+                    None => None,
+                    Some(id) => {
+                        let files = ModelFiles::resolve(id, "main", "tokenizer.json")
+                            .map_err(engine_error)?;
+                        files.get("tokenizer.json").map_err(engine_error)?
+                    }
+                };
+                let b = ModelBuilder::from_spec(ModelSpec::Gguf {
+                    model_id: Some(quantized_model_id.clone()),
+                    file: quantized_filename.clone(),
+                    tokenizer_json,
+                });
+                let opts = IsqOptions {
+                    topology,
+                    organization,
+                    imatrix,
+                    calibration_file,
+                    from_uqff,
+                    write_uqff,
+                };
+                (b, opts)
+            }
+        };
+        if let Some(t) = in_situ_quant {
+            b = b.with_isq(parse_isq(t)?);
+        }
+        opts.apply(b)
     }
 }

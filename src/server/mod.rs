@@ -8,6 +8,7 @@ mod error;
 mod openapi;
 mod responses;
 mod routes;
+mod sse;
 mod structured;
 mod tokenize;
 mod types;

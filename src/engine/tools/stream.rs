@@ -37,7 +37,9 @@ impl ToolStream {
         }
     }
 
-    /// Takes the next piece of output text; returns what can be sent now.
+    /// Takes the next piece of output text; returns what can be sent now. The whole output
+    /// is read again each time (replies are bounded by max_tokens, and one reader then
+    /// serves streaming and the final parse alike).
     pub fn push(&mut self, piece: &str) -> Vec<ToolDelta> {
         self.text.push_str(piece);
         let p = read(self.format, &self.text, false);
