@@ -14,6 +14,7 @@
 
 use crate::engine::Engine;
 use crate::loaders::{LoadOptions, LoadedModel, ModelSpec};
+use crate::quant::auto::IsqChoice;
 use crate::quant::imatrix::Imatrix;
 use crate::quant::{IsqOrganization, IsqType, Topology};
 use anyhow::Result;
@@ -29,6 +30,7 @@ pub struct ModelBuilder {
     /// Text to collect an imatrix from, and the chunk length.
     calibration: Option<(PathBuf, usize)>,
     write_uqff: Option<PathBuf>,
+    write_topology: Option<PathBuf>,
 }
 
 impl ModelBuilder {
@@ -58,6 +60,7 @@ impl ModelBuilder {
             imatrix_file: None,
             calibration: None,
             write_uqff: None,
+            write_topology: None,
         }
     }
 
@@ -71,6 +74,35 @@ impl ModelBuilder {
     /// Quantize attention and MLP linears while loading.
     pub fn with_isq(mut self, ty: IsqType) -> Self {
         self.opts.isq = Some(ty);
+        self.opts.auto = None;
+        self
+    }
+
+    /// `--isq auto --max-memory`: choose each weight's type (linears, embedding, head) by
+    /// measuring every candidate's error, with every weight's bytes within `max_bytes`.
+    /// An imatrix or calibration text weights the errors.
+    pub fn with_auto_isq(mut self, max_bytes: u64) -> Self {
+        self.opts.isq = None;
+        let write_topology = self.opts.auto.take().and_then(|a| a.write_topology);
+        self.opts.auto = Some(crate::quant::auto::AutoIsq {
+            max_bytes,
+            write_topology,
+        });
+        self
+    }
+
+    /// A uniform type or `auto` with its budget, as [`IsqChoice::parse`] reads them.
+    pub fn with_isq_choice(self, choice: IsqChoice) -> Self {
+        match choice {
+            IsqChoice::Uniform(t) => self.with_isq(t),
+            IsqChoice::Auto { max_bytes } => self.with_auto_isq(max_bytes),
+        }
+    }
+
+    /// With `with_auto_isq`: save the chosen mix as a topology file, which
+    /// `with_topology` loads again to the same model.
+    pub fn with_write_topology(mut self, path: impl AsRef<Path>) -> Self {
+        self.write_topology = Some(path.as_ref().to_path_buf());
         self
     }
 
@@ -121,15 +153,30 @@ impl ModelBuilder {
 
     /// Loads, quantizes, and writes UQFF if asked.
     pub fn build_loaded(mut self) -> Result<LoadedModel> {
+        match (&mut self.opts.auto, self.write_topology.take()) {
+            (Some(a), Some(p)) => a.write_topology = Some(p),
+            (None, Some(_)) => anyhow::bail!(
+                "--write-topology writes the mix --isq auto chooses; give --isq auto --max-memory SIZE"
+            ),
+            _ => {}
+        }
         if let Some(p) = &self.topology_file {
             self.opts.topology = Some(Topology::from_file(p)?);
         }
         self.opts.imatrix = match (&self.calibration, &self.imatrix_file) {
             (Some((text, ctx)), out) => {
-                let dense = LoadOptions {
+                let mut dense = LoadOptions {
                     dtype: self.opts.dtype,
                     ..Default::default()
                 };
+                if self.opts.auto.is_some() {
+                    // Within a memory budget, calibrate on a 4-bit model: activation
+                    // statistics barely move, and full precision never loads.
+                    dense.isq = Some(IsqType::Q4K);
+                    dense.topology = Some(Topology::parse(
+                        "model.embed_tokens:\n  isq: Q8_0\nlm_head:\n  isq: Q8_0\n",
+                    )?);
+                }
                 let mut engine = Engine::new(crate::loaders::load(&self.spec, &dense)?)?;
                 let m = crate::calibrate::collect(&mut engine, text, *ctx)?;
                 let path = out.clone().unwrap_or_else(|| PathBuf::from("imatrix.dat"));

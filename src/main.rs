@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use smelt::engine::sampling::SamplingParams;
 use smelt::engine::{Engine, GenerateRequest};
 use smelt::loaders::ModelSpec;
+use smelt::quant::auto::IsqChoice;
 use smelt::quant::{IsqOrganization, IsqType};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -19,9 +20,17 @@ use std::sync::atomic::AtomicBool;
 struct Cli {
     /// Quantize linear layers while loading: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K..Q8K
     /// (llama.cpp spellings like Q4_K accepted), HQQ4, HQQ8, FP8, AFQ2, AFQ3, AFQ4, AFQ6,
-    /// AFQ8, or a bit width 2|3|4|5|6|8 (→ Q2K, Q3K, Q4K, Q5K, Q6K, Q8_0).
+    /// AFQ8, or a bit width 2|3|4|5|6|8 (→ Q2K, Q3K, Q4K, Q5K, Q6K, Q8_0); or `auto` with
+    /// --max-memory: each weight's type chosen by measured error within the budget.
     #[arg(long, global = true, value_parser = parse_isq)]
-    isq: Option<IsqType>,
+    isq: Option<String>,
+    /// With --isq auto: the most bytes every weight together may take (embedding, head
+    /// and norms included): 300MiB, 4GB, 1.5G, or bytes.
+    #[arg(long, global = true, value_name = "SIZE")]
+    max_memory: Option<String>,
+    /// With --isq auto: write the chosen mix as a topology file (--topology loads it).
+    #[arg(long, global = true, value_name = "FILE")]
+    write_topology: Option<PathBuf>,
     /// YAML file of per-layer (`START-END: {isq: TYPE|none}`) or per-weight (`/regex/`)
     /// ISQ choices overriding --isq.
     #[arg(long, global = true, value_name = "FILE")]
@@ -259,8 +268,13 @@ struct BenchArgs {
     loader: LoaderCommand,
 }
 
-fn parse_isq(s: &str) -> Result<IsqType, String> {
-    s.parse().map_err(|e: anyhow::Error| e.to_string())
+fn parse_isq(s: &str) -> Result<String, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok("auto".into());
+    }
+    s.parse::<IsqType>()
+        .map(|t| t.to_string())
+        .map_err(|e: anyhow::Error| e.to_string())
 }
 
 fn parse_organization(s: &str) -> Result<IsqOrganization, String> {
@@ -324,8 +338,11 @@ fn load_engine(cli: &Cli, (spec, dtype): (ModelSpec, DType)) -> Result<(Engine, 
     let mut b = smelt::ModelBuilder::from_spec(spec)
         .with_dtype(dtype)
         .with_isq_organization(cli.isq_organization);
-    if let Some(t) = cli.isq {
-        b = b.with_isq(t);
+    if let Some(c) = IsqChoice::parse(cli.isq.as_deref(), cli.max_memory.as_deref())? {
+        b = b.with_isq_choice(c);
+    }
+    if let Some(p) = &cli.write_topology {
+        b = b.with_write_topology(p);
     }
     if let Some(p) = &cli.topology {
         b = b.with_topology(p);
@@ -400,7 +417,7 @@ fn run(cli: Cli) -> Result<()> {
                     let line = serde_json::json!({
                         "model": engine.model_name, "size_mib": size_mb, "threads": threads,
                         "test": r.test, "avg_ts": r.mean_tps, "stddev_ts": r.sd_tps, "samples_ts": r.runs,
-                        "isq": cli.isq.map(|t| t.to_string()), "load_s": load_s, "isq_s": isq_s,
+                        "isq": cli.isq.clone(), "load_s": load_s, "isq_s": isq_s,
                         "peak_rss_mib": rss_mb,
                         "bandwidth_gbs": bandwidth / 1e9, "bytes_per_token": bytes_per_token,
                         "bandwidth_bound_ts": bound,
@@ -418,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("load time: {load_s:.2} s");
-            match cli.isq {
+            match &cli.isq {
                 Some(t) => println!("ISQ time ({t}): {isq_s:.2} s"),
                 None => println!("ISQ time: none"),
             }

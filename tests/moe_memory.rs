@@ -29,8 +29,8 @@ fn fill(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn write_checkpoint() -> (PathBuf, usize) {
-    let dir = std::env::temp_dir().join(format!("smelt-moe-memory-{}", std::process::id()));
+fn write_checkpoint(tag: &str) -> (PathBuf, usize) {
+    let dir = std::env::temp_dir().join(format!("smelt-moe-memory-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         ("model.embed_tokens.weight".into(), vec![VOCAB, HIDDEN]),
@@ -102,14 +102,13 @@ fn write_checkpoint() -> (PathBuf, usize) {
     (dir, bytes)
 }
 
-#[test]
-fn moe_isq_peak_rss_stays_near_the_quantized_size() {
-    let (dir, f32_bytes) = write_checkpoint();
+/// Runs `smelt bench` with `isq` flags on the checkpoint: (peak RSS MiB, weights MiB, output).
+fn bench_rss(dir: &std::path::Path, isq: &[&str]) -> (f64, f64, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args([
-            "-t", "1", "--isq", "Q4_0", "bench", "-p", "8", "-n", "2", "-r", "1", "plain", "-m",
-        ])
-        .arg(&dir)
+        .args(["-t", "1"])
+        .args(isq)
+        .args(["bench", "-p", "8", "-n", "2", "-r", "1", "plain", "-m"])
+        .arg(dir)
         .output()
         .unwrap();
     let text =
@@ -131,6 +130,13 @@ fn moe_isq_peak_rss_stays_near_the_quantized_size() {
             fields.get(2)?.strip_suffix(" MiB")?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no model size in:\n{text}"));
+    (rss_mib, size_mib, text)
+}
+
+#[test]
+fn moe_isq_peak_rss_stays_near_the_quantized_size() {
+    let (dir, f32_bytes) = write_checkpoint("q4_0");
+    let (rss_mib, size_mib, _) = bench_rss(&dir, &["--isq", "Q4_0"]);
     let f32_mib = f32_bytes as f64 / (1 << 20) as f64;
     eprintln!("f32 checkpoint {f32_mib:.1} MiB, Q4_0 weights {size_mib:.1} MiB, peak RSS {rss_mib:.1} MiB");
     assert!(f32_mib > 200.0);
@@ -138,6 +144,23 @@ fn moe_isq_peak_rss_stays_near_the_quantized_size() {
     assert!(
         rss_mib < size_mib + 60.0 && rss_mib < 0.45 * f32_mib,
         "peak RSS {rss_mib:.1} MiB for {size_mib:.1} MiB of Q4_0 weights ({f32_mib:.1} MiB f32)"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--isq auto`: the measuring pass holds one weight at a time too, so the peak stays
+/// near the budget, far below the f32 size.
+#[test]
+fn auto_isq_peak_rss_stays_near_the_budget() {
+    let (dir, f32_bytes) = write_checkpoint("auto");
+    let (rss_mib, size_mib, text) = bench_rss(&dir, &["--isq", "auto", "--max-memory", "50MiB"]);
+    let f32_mib = f32_bytes as f64 / (1 << 20) as f64;
+    eprintln!("f32 checkpoint {f32_mib:.1} MiB, auto mix {size_mib:.1} MiB within 50 MiB, peak RSS {rss_mib:.1} MiB");
+    assert!(text.contains("auto ISQ: measured"), "{text}");
+    assert!(size_mib <= 50.0 && size_mib > 45.0, "{size_mib} MiB");
+    assert!(
+        rss_mib < 50.0 + 60.0 && rss_mib < 0.5 * f32_mib,
+        "peak RSS {rss_mib:.1} MiB for a 50 MiB budget ({f32_mib:.1} MiB f32)"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

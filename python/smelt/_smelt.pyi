@@ -223,10 +223,15 @@ class Runner:
         max_seqs: int = 16,
         kv_cache_mb: int = 1024,
         max_queue: int = 1024,
+        max_memory: Optional[str] = None,
+        write_topology: Optional[str] = None,
     ) -> None:
         """Loads `which`, quantized in situ to `in_situ_quant` (Q4_0 … Q8_1, Q2K … Q8K,
-        HQQ4, HQQ8, FP8, AFQ2 … AFQ8, MXFP4, or a bit width). Raises ValueError for an
-        unknown type, FileNotFoundError for a missing model."""
+        HQQ4, HQQ8, FP8, AFQ2 … AFQ8, MXFP4, or a bit width), or with `"auto"` to the
+        per-weight mix of least measured error whose weights fit `max_memory` ("300MiB",
+        "4GB", …); `write_topology` saves that mix as a topology file. Raises ValueError
+        for an unknown type or a budget without "auto", FileNotFoundError for a missing
+        model."""
     def send_chat_completion_request(
         self, request: ChatCompletionRequest
     ) -> Union[ChatCompletionResponse, ChatCompletionStream]: ...

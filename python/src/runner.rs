@@ -24,7 +24,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 type Events = UnboundedReceiver<SeqEvent>;
 
 /// A model loaded (and quantized in situ if `in_situ_quant` names an ISQ type: `Q4K`,
-/// `Q8_0`, `HQQ4`, `4`…) and served to any number of Python threads, whose requests the
+/// `Q8_0`, `HQQ4`, `4`…, or is `"auto"` with `max_memory`: per-weight types chosen by
+/// measurement within that many bytes, `"300MiB"`, `"4GB"`…) and served to any number of Python threads, whose requests the
 /// engine batches together.
 #[pyclass(module = "smelt", frozen)]
 pub struct Runner {
@@ -145,10 +146,13 @@ impl Runner {
 
 #[pymethods]
 impl Runner {
-    /// Loads `which` (see `Which`), quantized to `in_situ_quant` if given. `max_seqs`
+    /// Loads `which` (see `Which`), quantized to `in_situ_quant` if given (`"auto"` with
+    /// a `max_memory` budget; `write_topology` saves the mix it chose). `max_seqs`
     /// sequences decode together; `kv_cache_mb` bounds the paged KV cache.
     #[new]
-    #[pyo3(signature = (which, in_situ_quant = None, max_seqs = 16, kv_cache_mb = 1024, max_queue = 1024))]
+    #[pyo3(signature = (which, in_situ_quant = None, max_seqs = 16, kv_cache_mb = 1024, max_queue = 1024,
+        max_memory = None, write_topology = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         which: Which,
@@ -156,8 +160,13 @@ impl Runner {
         max_seqs: usize,
         kv_cache_mb: usize,
         max_queue: usize,
+        max_memory: Option<String>,
+        write_topology: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
-        let builder = which.builder(in_situ_quant.as_deref())?;
+        let mut builder = which.builder(in_situ_quant.as_deref(), max_memory.as_deref())?;
+        if let Some(p) = write_topology {
+            builder = builder.with_write_topology(p);
+        }
         let engine = py.detach(|| builder.build()).map_err(engine_error)?;
         let model_name = engine.model_name.clone();
         let context_length = engine.context_length();

@@ -6,6 +6,7 @@ use candle_core::DType;
 use pyo3::prelude::*;
 use smelt::loaders::hub::ModelFiles;
 use smelt::loaders::ModelSpec;
+use smelt::quant::auto::IsqChoice;
 use smelt::quant::IsqOrganization;
 use smelt::{IsqType, ModelBuilder};
 use std::path::PathBuf;
@@ -113,8 +114,13 @@ impl IsqOptions<'_> {
 }
 
 impl Which {
-    /// The builder for this model, with `in_situ_quant` (an ISQ type name) if given.
-    pub fn builder(&self, in_situ_quant: Option<&str>) -> PyResult<ModelBuilder> {
+    /// The builder for this model, with `in_situ_quant` (an ISQ type name, or `auto`
+    /// with its `max_memory` budget) if given.
+    pub fn builder(
+        &self,
+        in_situ_quant: Option<&str>,
+        max_memory: Option<&str>,
+    ) -> PyResult<ModelBuilder> {
         let (mut b, opts) = match self {
             Which::Plain {
                 model_id,
@@ -179,8 +185,10 @@ impl Which {
                 (b, opts)
             }
         };
-        if let Some(t) = in_situ_quant {
-            b = b.with_isq(parse_isq(t)?);
+        let choice = IsqChoice::parse(in_situ_quant, max_memory)
+            .map_err(|e| value_error(format!("{e:#}")))?;
+        if let Some(c) = choice {
+            b = b.with_isq_choice(c);
         }
         opts.apply(b)
     }

@@ -165,6 +165,22 @@ def test_which_options_reach_the_loader(tmp_path):
     assert isinstance(smelt.__all__, list) and "Runner" in smelt.__all__
 
 
+def test_auto_isq_under_a_budget_and_its_topology(tmp_path):
+    topo = tmp_path / "mix.yml"
+    auto = Runner(which=Which.Plain(model_id=PLAIN), in_situ_quant="auto", max_memory="90MB",
+                  write_topology=str(topo))
+    text = topo.read_text()
+    assert "model.embed_tokens:" in text and "lm_head:" in text
+    again = Runner(which=Which.Plain(model_id=PLAIN, topology=str(topo)))
+    assert greedy(auto, ASK, 12) == greedy(again, ASK, 12)
+    with pytest.raises(ValueError, match="max-memory"):
+        Runner(which=Which.Plain(model_id=PLAIN), in_situ_quant="auto")
+    with pytest.raises(ValueError, match="isq auto"):
+        Runner(which=Which.Plain(model_id=PLAIN), in_situ_quant="Q4K", max_memory="90MB")
+    with pytest.raises(RuntimeError, match="smallest possible mix"):
+        Runner(which=Which.Plain(model_id=PLAIN), in_situ_quant="auto", max_memory="1MB")
+
+
 def test_readme_example_runs_as_written(capsys):
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Python", 1)[1]

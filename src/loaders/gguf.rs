@@ -459,7 +459,16 @@ impl GgufSource {
         if let Some(q) = cache.as_ref() {
             return Ok(q.clone());
         }
-        let q = Arc::new(self.qtensor("token_embd.weight", None)?);
+        let mut q = Arc::new(self.qtensor("token_embd.weight", None)?);
+        // A topology rule may give the embedding another block type.
+        if let Some(dt) = self.opts.embedding_isq()? {
+            if dt != q.dtype() {
+                let dense = q.dequantize(&self.device)?;
+                if let Some(re) = self.opts.quantize_embedding(&dense, dt)? {
+                    q = re;
+                }
+            }
+        }
         *cache = Some(q.clone());
         Ok(q)
     }
@@ -652,6 +661,13 @@ impl WeightSource for GgufSource {
         };
         let head = GgmlLinear::new(q, None)?;
         match self.opts.head_isq() {
+            // Already that type (a tied head shares the embedding's blocks).
+            Some(ty)
+                if ty.for_row_len(head.shape().1)
+                    == Some(IsqType::Ggml(head.qtensor().dtype())) =>
+            {
+                Ok(Arc::new(head))
+            }
             Some(ty) => head.apply_isq(ty),
             None => Ok(Arc::new(head)),
         }

@@ -1,5 +1,6 @@
 //! Turning files on disk into a model, a tokenizer and a chat template.
 
+pub mod auto;
 pub mod awq;
 pub mod bnb;
 pub mod fp8;
@@ -52,6 +53,10 @@ pub struct LoadOptions {
     /// Which linears `isq` applies to (moqe: MoE experts only); a topology rule still
     /// overrides it.
     pub organization: IsqOrganization,
+    /// `--isq auto --max-memory SIZE`: types chosen by measurement (`loaders/auto.rs`).
+    pub auto: Option<crate::quant::auto::AutoIsq>,
+    /// Set for the measuring pass of `auto`: weights are measured, not kept.
+    pub measure: Option<std::sync::Arc<crate::quant::auto::source::Measurements>>,
     pub device: Device,
 }
 
@@ -97,9 +102,39 @@ impl LoadOptions {
             .and_then(|t| t.isq_for("lm_head", None))
     }
 
+    /// The token embedding keeps its load storage unless the topology names it
+    /// (`model.embed_tokens`); only ggml block types can be looked up by row.
+    pub fn embedding_isq(&self) -> Result<Option<candle_core::quantized::GgmlDType>> {
+        let ty = self
+            .topology
+            .as_ref()
+            .and_then(|t| t.isq_for("model.embed_tokens", None));
+        match ty {
+            None => Ok(None),
+            Some(IsqType::Ggml(dt)) => Ok(Some(dt)),
+            Some(other) => anyhow::bail!(
+                "the token embedding can take only a ggml block type (Q4_0…Q8_0, Q2K…Q6K), not {other}"
+            ),
+        }
+    }
+
+    /// The token embedding `weight` quantized to `dt` (with its imatrix entry, if any),
+    /// after llama.cpp's step-down for its row length; None when no type fits the rows.
+    pub fn quantize_embedding(
+        &self,
+        weight: &candle_core::Tensor,
+        dt: candle_core::quantized::GgmlDType,
+    ) -> Result<Option<std::sync::Arc<candle_core::quantized::QTensor>>> {
+        let lin = self.quantize("model.embed_tokens", weight, None, IsqType::Ggml(dt))?;
+        Ok(lin
+            .as_any()
+            .downcast_ref::<crate::quant::GgmlLinear>()
+            .map(|g| g.qtensor().clone()))
+    }
+
     /// Whether any layer may be quantized (for progress messages).
     pub fn any_isq(&self) -> bool {
-        self.isq.is_some() || self.topology.is_some()
+        self.isq.is_some() || self.topology.is_some() || self.auto.is_some()
     }
 }
 
@@ -113,6 +148,8 @@ impl Default for LoadOptions {
             from_uqff: None,
             record_residual: false,
             organization: IsqOrganization::Default,
+            auto: None,
+            measure: None,
             device: Device::Cpu,
         }
     }
@@ -141,6 +178,9 @@ pub struct LoadedModel {
 }
 
 pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
+    if let Some(auto) = &opts.auto {
+        return auto::load(spec, opts, auto);
+    }
     let start = Instant::now();
     crate::quant::isq::take_isq_seconds();
     let mut loaded = match spec {
@@ -153,6 +193,9 @@ pub fn load(spec: &ModelSpec, opts: &LoadOptions) -> Result<LoadedModel> {
     }?;
     loaded.load_seconds = start.elapsed().as_secs_f64();
     loaded.isq_seconds = crate::quant::isq::take_isq_seconds();
+    if opts.measure.is_some() {
+        return Ok(loaded);
+    }
     let summary: Vec<String> = loaded
         .model
         .linear_storage_summary()
@@ -220,6 +263,17 @@ pub(crate) fn finish_load(
             "--isq-organization moqe quantizes only mixture-of-experts layers, and this {:?} model has none (MoE architectures: mixtral, qwen3_moe, deepseek_v2, deepseek_v3, phimoe, gpt_oss); use --isq-organization default",
             cfg.architecture
         );
+    }
+    if let Some(found) = &opts.measure {
+        let s = crate::quant::auto::source::MeasuringSource::new(src, found.clone(), opts.clone());
+        return Ok(LoadedModel {
+            model: build_model(cfg, std::sync::Arc::new(s), "measuring ISQ types")?,
+            assets,
+            name,
+            load_seconds: 0.0,
+            isq_seconds: 0.0,
+            residual: None,
+        });
     }
     if opts.any_isq() {
         tracing::info!(

@@ -5,8 +5,9 @@ use super::prequantized::Prequantized;
 use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
-use crate::quant::{isq, IsqType, QuantLinear, UnquantLinear};
+use crate::quant::{isq, GgmlLinear, IsqType, QuantLinear, UnquantLinear};
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,7 @@ pub fn load(model_id: &str, revision: &str, opts: &LoadOptions) -> Result<Loaded
         opts: opts.clone(),
         device: opts.device.clone(),
         embed_cache: Mutex::new(None),
+        embed_quantized: Mutex::new(None),
         prequantized,
     };
     super::finish_load(cfg, Arc::new(src), assets, model_id.to_string(), opts)
@@ -217,6 +219,9 @@ struct SafetensorsSource {
     device: Device,
     /// The embedding, kept so a tied output head shares its storage.
     embed_cache: Mutex<Option<Tensor>>,
+    /// The embedding quantized by a topology rule, kept so a tied head of the same type
+    /// shares it.
+    embed_quantized: Mutex<Option<Arc<QTensor>>>,
     /// Set for prequantized checkpoints (GPTQ, AWQ, MLX, bitsandbytes, FP8).
     prequantized: Option<Prequantized>,
 }
@@ -254,6 +259,29 @@ impl SafetensorsSource {
         *cache = Some(t.clone());
         Ok(t)
     }
+
+    /// The embedding quantized to `dt` (None where no block type fits its rows), read
+    /// from the file without keeping the dense copy.
+    fn quantized_embedding(&self, name: &str, dt: GgmlDType) -> Result<Option<Arc<QTensor>>> {
+        let mut cache = lock(&self.embed_quantized);
+        if let Some(q) = cache.as_ref() {
+            return Ok(Some(q.clone()));
+        }
+        let w = match self.prequantized_layer(name, None)? {
+            Some(q) => q.dequantize()?,
+            None => self.load(&format!("{name}.weight"), DType::F32)?,
+        };
+        let q = self
+            .opts
+            .quantize_embedding(&w, dt)
+            .with_context(|| format!("quantizing {name} to {}", isq::ggml_name(dt)))?;
+        *cache = q.clone();
+        Ok(q)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WeightSource for SafetensorsSource {
@@ -310,6 +338,11 @@ impl WeightSource for SafetensorsSource {
         self.load(name, DType::F32)
     }
     fn embedding(&self, name: &str) -> Result<Embedding> {
+        if let Some(dt) = self.opts.embedding_isq()? {
+            if let Some(q) = self.quantized_embedding(name, dt)? {
+                return Ok(Embedding::Quantized(q));
+            }
+        }
         Ok(Embedding::Dense(self.embed_tensor(name)?))
     }
     fn lm_head(&self, name: &str, tied: Option<&str>) -> Result<Arc<dyn QuantLinear>> {
@@ -321,7 +354,19 @@ impl WeightSource for SafetensorsSource {
                 };
             }
         }
+        if let (Some(embed), Some(IsqType::Ggml(dt))) = (tied, self.opts.head_isq()) {
+            // A tied head of the embedding's type shares its blocks.
+            if self.opts.embedding_isq()? == Some(dt) {
+                if let Some(q) = self.quantized_embedding(embed, dt)? {
+                    return Ok(Arc::new(GgmlLinear::new(q, None)?));
+                }
+            }
+        }
         let w = match tied {
+            // The embedding is quantized: read the head's copy without caching it dense.
+            Some(embed) if self.opts.embedding_isq()?.is_some() && self.prequantized.is_none() => {
+                self.load(&format!("{embed}.weight"), self.dtype)?
+            }
             Some(embed) => self.embed_tensor(embed)?,
             None => self.load(&format!("{name}.weight"), self.dtype)?,
         };

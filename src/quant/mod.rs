@@ -2,6 +2,7 @@
 //! new quantization method is one new file here and no model changes.
 
 pub mod afq;
+pub mod auto;
 pub mod bnb;
 pub mod fp8;
 pub mod ggml;

@@ -7,16 +7,23 @@
 //!   isq: Q6K
 //! 29:             # one layer
 //!   isq: none     # keep it unquantized
-//! '/mlp\.down_proj$/':   # a regex on full weight names, the most specific rule
+//! '/mlp\.down_proj$/':   # a regex on full weight names
 //!   isq: Q8_0
+//! model.layers.3.self_attn.v_proj:   # one weight by its full name, the most specific
+//!   isq: Q6K
 //! ```
-//! Layer ranges may not overlap or reach past the model; a regex rule wins over a range;
-//! layers no rule covers take `--isq`. The output head is quantized only when a regex
-//! names it (`'/lm_head/': {isq: Q8_0}`). `device` is accepted for `cpu` only in this build.
+//! Layer ranges may not overlap or reach past the model; a name rule wins over a regex,
+//! a regex over a range; layers no rule covers take `--isq`. The output head and the
+//! token embedding are quantized only when a rule names them (`lm_head: {isq: Q8_0}`,
+//! `model.embed_tokens: {isq: Q6K}`; the embedding takes ggml block types only); when the
+//! head is tied to the embedding and both get one type, they share its storage.
+//! `--isq auto --write-topology` writes name rules. `device` is accepted for `cpu` only
+//! in this build.
 
 use super::IsqType;
 use anyhow::{bail, Context, Result};
 use regex::Regex;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// What a rule asks for: a type, or explicitly no quantization.
@@ -37,6 +44,7 @@ struct RangeRule {
 pub struct Topology {
     ranges: Vec<RangeRule>,
     patterns: Vec<(Regex, Option<Choice>)>,
+    names: HashMap<String, Option<Choice>>,
 }
 
 fn parse_choice(key: &str, v: &serde_yaml::Value) -> Result<Option<Choice>> {
@@ -104,6 +112,10 @@ impl Topology {
                 topo.patterns.push((re, choice));
                 continue;
             }
+            if is_weight_name(&key) {
+                topo.names.insert(key, choice);
+                continue;
+            }
             let (start, end) = match key.split_once('-') {
                 Some((a, b)) => (
                     a.trim().parse::<usize>().ok(),
@@ -112,7 +124,7 @@ impl Topology {
                 None => (key.parse().ok(), key.parse::<usize>().ok().map(|n| n + 1)),
             };
             let (Some(start), Some(end)) = (start, end) else {
-                bail!("key `{key}` is not `START-END`, `N` or `/regex/`");
+                bail!("key `{key}` is not `START-END`, `N`, `/regex/` or a full weight name (`model.layers.0.mlp.up_proj`)");
             };
             if end <= start {
                 bail!("range `{key}` is empty (the end is exclusive)");
@@ -144,7 +156,11 @@ impl Topology {
             Some(Choice::Keep) => Some(None),
             None => None,
         };
-        // The last matching regex rule wins, then the layer's range, then the default.
+        // A name rule, then the last matching regex rule, then the layer's range, then
+        // the default.
+        if let Some(t) = self.names.get(name).and_then(|c| resolve(*c)) {
+            return t;
+        }
         if let Some(r) = self.patterns.iter().rev().find(|(re, _)| re.is_match(name)) {
             if let Some(t) = resolve(r.1) {
                 return t;
@@ -165,6 +181,12 @@ impl Topology {
     }
 }
 
+/// A full weight name (`model.layers.0.mlp.up_proj`, `lm_head`), not a range.
+fn is_weight_name(key: &str) -> bool {
+    let starts_alpha = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    starts_alpha && (key.contains('.') || key == "lm_head")
+}
+
 /// N in `model.layers.N.…`.
 fn layer_index(name: &str) -> Option<usize> {
     name.strip_prefix("model.layers.")?
@@ -181,7 +203,8 @@ mod tests {
     #[test]
     fn resolves_ranges_regexes_and_default() {
         let t = Topology::parse(
-            "0-2:\n  isq: Q8_0\n'3':\n  isq: none\n'/down_proj$/':\n  isq: q4_k\n5-7:\n  device: cpu\n",
+            "0-2:\n  isq: Q8_0\n'3':\n  isq: none\n'/down_proj$/':\n  isq: q4_k\n5-7:\n  device: cpu\n\
+             model.layers.1.mlp.down_proj:\n  isq: Q6K\nlm_head:\n  isq: Q5_0\n",
         )
         .unwrap();
         let q = |s: &str| Some(s.parse::<IsqType>().unwrap());
@@ -190,6 +213,10 @@ mod tests {
         assert_eq!(t.isq_for("model.layers.3.self_attn.q_proj", d), None);
         assert_eq!(t.isq_for("model.layers.3.mlp.down_proj", d), q("Q4K"));
         assert_eq!(t.isq_for("model.layers.4.mlp.up_proj", d), d);
+        // A name rule wins over the regex and the range.
+        assert_eq!(t.isq_for("model.layers.1.mlp.down_proj", d), q("Q6K"));
+        assert_eq!(t.isq_for("model.layers.2.mlp.down_proj", d), q("Q4K"));
+        assert_eq!(t.isq_for("lm_head", None), q("Q5_0"));
         assert_eq!(
             t.isq_for("model.layers.6.mlp.up_proj", d),
             d,
