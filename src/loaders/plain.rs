@@ -256,7 +256,10 @@ impl SafetensorsSource {
             Some(q) => q.dequantize()?.to_dtype(self.dtype)?,
             None => self.load(&format!("{name}.weight"), self.dtype)?,
         };
-        *cache = Some(t.clone());
+        // The measuring pass of --isq auto gives the head a placeholder: nothing to share.
+        if self.opts.measure.is_none() {
+            *cache = Some(t.clone());
+        }
         Ok(t)
     }
 

@@ -18,9 +18,9 @@ use rayon::prelude::*;
 /// Rows per sampled block: whole HQQ axis-0 groups.
 const BLOCK_ROWS: usize = 64;
 /// About one row in this many is measured.
-const SAMPLE_EVERY: usize = 16;
+const SAMPLE_EVERY: usize = 32;
 /// Weights of at most this many rows are measured whole.
-const SMALL_ROWS: usize = 256;
+const SMALL_ROWS: usize = 128;
 
 /// Squared differences summed over the sampled rows, without and with the column
 /// importances, scaled to the whole weight: `per_row` is the mean over rows (what a
@@ -56,7 +56,7 @@ pub fn sample_rows(rows: usize) -> Vec<usize> {
         return (0..rows).collect();
     }
     let blocks = rows / BLOCK_ROWS;
-    let take = blocks.div_ceil(SAMPLE_EVERY).max(2).min(blocks);
+    let take = blocks.div_ceil(SAMPLE_EVERY).min(blocks);
     (0..take)
         .flat_map(|i| {
             let b = i * blocks / take;
@@ -153,7 +153,7 @@ mod tests {
         assert_eq!(s.len(), 768 / SAMPLE_EVERY * 64);
         assert!(s.iter().all(|&r| r < 49152) && s.windows(2).all(|w| w[0] < w[1]));
         assert!(*s.last().unwrap() > 40000, "spread to the end");
-        assert_eq!(sample_rows(576).len(), 128);
+        assert_eq!(sample_rows(576).len(), 64);
     }
 
     #[test]
