@@ -13,6 +13,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The two tests each start a server on a port found free a moment before; run at once,
+/// one could bind the port the other just probed, so they take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn venv_python() -> PathBuf {
     let dir = std::env::var("SMELT_TEST_MODELS")
         .map(PathBuf::from)
@@ -78,6 +86,7 @@ fn start_server(port: u16, key: &str) -> (Server, SocketAddr) {
 
 #[test]
 fn openai_python_client_then_graceful_shutdown() {
+    let _turn = serial();
     let key = "test-key-123";
     let port = free_port();
     let (mut server, addr) = start_server(port, key);
@@ -170,6 +179,7 @@ fn openai_python_client_then_graceful_shutdown() {
 /// inference gateway.
 #[test]
 fn health_is_503_while_loading_then_vllm_gauges() {
+    let _turn = serial();
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
         .args([
