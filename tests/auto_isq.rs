@@ -58,6 +58,24 @@ fn the_mix_fits_the_budget_and_its_topology_loads_the_same_model() {
     std::fs::remove_file(&topo).ok();
 }
 
+#[test]
+fn a_gguf_takes_a_mix_too() {
+    let topo = tmp("gguf.yml");
+    let budget = 80 * MIB;
+    let gguf = || ModelBuilder::from_spec(common::gguf_spec());
+    let auto = gguf()
+        .with_auto_isq(budget)
+        .with_write_topology(&topo)
+        .build()
+        .unwrap();
+    let bytes = auto.model.weights_size_in_bytes() as u64;
+    assert!(bytes <= budget && bytes > budget - 2 * MIB, "{bytes}");
+    // The file's own Q4_1 blocks are kept where the mix keeps Q4_1 (error 0).
+    let again = gguf().with_topology(&topo).build().unwrap();
+    assert_eq!(logits(&auto), logits(&again));
+    std::fs::remove_file(&topo).ok();
+}
+
 /// Perplexity of a held-out text the measurement never saw.
 fn ppl(engine: &smelt::engine::Engine) -> f64 {
     let text = std::fs::read_to_string("/usr/share/common-licenses/Apache-2.0").unwrap();

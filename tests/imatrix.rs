@@ -80,7 +80,9 @@ fn calibration_matches_llama_imatrix_and_lowers_perplexity() {
     let ours = smelt::calibrate::collect(&mut engine, gpl3, 512).unwrap();
     drop(engine);
     assert_eq!(ours.chunks, 14);
-    assert_eq!(ours.len(), 30 * 7);
+    // Every attention and MLP linear, and the head.
+    assert_eq!(ours.len(), 30 * 7 + 1);
+    assert_eq!(ours.for_weight("lm_head").map(<[f32]>::len), Some(576));
     let reference = Imatrix::load(&fixture("llama-cpp-gpl3-l0-2.gguf")).unwrap();
     for layer in 0..3 {
         for l in LINEARS {

@@ -70,6 +70,13 @@ impl LoadOptions {
         }
     }
 
+    /// The importances the token embedding is quantized with: its own imatrix entry, else
+    /// the head's (a tied embedding is the head; llama.cpp's imatrix names it either way).
+    pub fn embedding_importance(&self) -> Option<&[f32]> {
+        self.imatrix_for("model.embed_tokens")
+            .or_else(|| self.imatrix_for("lm_head"))
+    }
+
     /// The imatrix entry for a weight, if an imatrix was given and has one.
     pub fn imatrix_for(&self, name: &str) -> Option<&[f32]> {
         self.imatrix.as_deref().and_then(|m| m.for_weight(name))
@@ -125,7 +132,12 @@ impl LoadOptions {
         weight: &candle_core::Tensor,
         dt: candle_core::quantized::GgmlDType,
     ) -> Result<Option<std::sync::Arc<candle_core::quantized::QTensor>>> {
-        let lin = self.quantize("model.embed_tokens", weight, None, IsqType::Ggml(dt))?;
+        let lin = crate::quant::isq::quantize_linear_weighted(
+            weight,
+            None,
+            IsqType::Ggml(dt),
+            self.embedding_importance(),
+        )?;
         Ok(lin
             .as_any()
             .downcast_ref::<crate::quant::GgmlLinear>()

@@ -284,6 +284,7 @@ impl CausalLm for Decoder {
                 *slot = wrap(&format!("model.layers.{i}.{name}"), slot.clone());
             }
         }
+        self.lm_head = wrap("lm_head", self.lm_head.clone());
     }
 
     fn linear_storage_by_name(&self) -> Vec<(String, String)> {

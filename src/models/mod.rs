@@ -159,8 +159,8 @@ pub trait CausalLm: Send + Sync {
     fn re_isq(&mut self, ty: Option<IsqType>) -> Result<()>;
     /// Every attention and MLP linear with its Hugging Face name (for UQFF files).
     fn named_linears(&self) -> Vec<(String, Arc<dyn QuantLinear>)>;
-    /// Replaces every attention and MLP linear by `wrap(hugging_face_name, linear)`
-    /// (calibration wraps them in observers).
+    /// Replaces every attention and MLP linear, and the head (`lm_head`), by
+    /// `wrap(hugging_face_name, linear)` (calibration wraps them in observers).
     fn map_linears(&mut self, wrap: &mut LinearWrapper);
 }
 

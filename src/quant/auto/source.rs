@@ -139,7 +139,7 @@ impl WeightSource for MeasuringSource {
         let (rows, cols) = w.dims2()?;
         let cands = for_weight(WeightKind::Embedding, rows, cols);
         // Measured once for both roles: looked up, and as the head if it is tied.
-        let errs = measure(&w, self.opts.imatrix_for(EMBED), &cands, keep)?;
+        let errs = measure(&w, self.opts.embedding_importance(), &cands, keep)?;
         *lock(&self.found.embedding) = Some((errs, (rows, cols)));
         // A zero-stride view: the model's shape without its memory.
         let ghost = Tensor::zeros(1, DType::F32, &Device::Cpu)?.broadcast_as((rows, cols))?;
