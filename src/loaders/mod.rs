@@ -277,7 +277,17 @@ pub(crate) fn finish_load(
         );
     }
     if let Some(found) = &opts.measure {
-        let s = crate::quant::auto::source::MeasuringSource::new(src, found.clone(), opts.clone());
+        let heads = crate::quant::auto::source::Heads {
+            heads: cfg.num_attention_heads,
+            kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        };
+        let s = crate::quant::auto::source::MeasuringSource::new(
+            src,
+            found.clone(),
+            opts.clone(),
+            heads,
+        );
         return Ok(LoadedModel {
             model: build_model(cfg, std::sync::Arc::new(s), "measuring ISQ types")?,
             assets,

@@ -48,6 +48,52 @@ pub struct Measured {
 pub struct WeightErrors {
     pub options: Vec<Measured>,
     pub signal: Error,
+    /// The weight's rows, the rows measured, and per option the importance-weighted
+    /// error of each measured row (for [`Self::scale_rows`]).
+    rows: usize,
+    sampled: Vec<usize>,
+    row_errors: Vec<Vec<f64>>,
+}
+
+impl WeightErrors {
+    /// Errors known as totals only (no per-row detail to rescale).
+    pub fn from_totals(options: Vec<Measured>, signal: Error) -> Self {
+        let row_errors = vec![Vec::new(); options.len()];
+        Self {
+            options,
+            signal,
+            rows: 0,
+            sampled: Vec::new(),
+            row_errors,
+        }
+    }
+
+    /// Rows of the weight measured.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Scales output row `i`'s error by `gain(i)`: the error as a consumer that amplifies
+    /// that output by `gain(i)` passes it on (a value projection's rows, through the
+    /// output projection's columns that read them).
+    pub fn scale_rows(&mut self, gain: impl Fn(usize) -> f64) {
+        if self.sampled.is_empty() {
+            return;
+        }
+        let scale = self.rows as f64 / self.sampled.len() as f64;
+        for (o, errs) in self.options.iter_mut().zip(&self.row_errors) {
+            if errs.is_empty() {
+                continue; // kept as loaded: no error
+            }
+            o.error.per_token = self
+                .sampled
+                .iter()
+                .zip(errs)
+                .map(|(&r, e)| gain(r) * e)
+                .sum::<f64>()
+                * scale;
+        }
+    }
 }
 
 /// The rows measured: all of a small weight, else evenly spaced blocks of 64.
@@ -91,42 +137,56 @@ pub fn measure(
     let sample = weight.index_select(&idx, 0)?.to_dtype(DType::F32)?;
     let orig: Vec<f32> = sample.flatten_all()?.to_vec1()?;
     let n = picked.len() as f64;
-    let sums = |diff: &dyn Fn(usize) -> f64| -> Error {
-        let (mut plain, mut weighted) = (0.0f64, 0.0f64);
+    // Per measured row: (Σ Δ², Σ m_j Δ²).
+    let sums = |diff: &dyn Fn(usize) -> f64| -> (Error, Vec<f64>) {
+        let mut plain = 0.0f64;
+        let mut per_row = vec![0.0f64; picked.len()];
         for i in 0..orig.len() {
             let d2 = diff(i).powi(2);
             plain += d2;
-            weighted += importance.map_or(1.0, |m| m[i % cols] as f64) * d2;
+            per_row[i / cols] += importance.map_or(1.0, |m| m[i % cols] as f64) * d2;
         }
-        Error {
+        let weighted: f64 = per_row.iter().sum();
+        let e = Error {
             per_row: plain / n,
             per_token: weighted * rows as f64 / n,
-        }
+        };
+        (e, per_row)
     };
-    let signal = sums(&|i| orig[i] as f64);
-    let mut options: Vec<Measured> = candidates
+    let signal = sums(&|i| orig[i] as f64).0;
+    let measured: Vec<(Measured, Vec<f64>)> = candidates
         .par_iter()
-        .map(|&ty| -> Result<Measured> {
+        .map(|&ty| -> Result<(Measured, Vec<f64>)> {
             let q = quantize_linear_weighted(&sample, None, ty, importance)?;
             let back: Vec<f32> = q.dequantize()?.flatten_all()?.to_vec1()?;
-            let error = sums(&|i| orig[i] as f64 - back[i] as f64);
+            let (error, row_errors) = sums(&|i| orig[i] as f64 - back[i] as f64);
             let bytes = match ty {
                 IsqType::Ggml(dt) => ggml_bytes(dt, rows, cols),
                 _ => (q.size_in_bytes() as f64 * rows as f64 / n).round() as u64,
             };
-            Ok(Measured {
+            let m = Measured {
                 ty: Some(ty),
                 bytes,
                 error,
-            })
+            };
+            Ok((m, row_errors))
         })
         .collect::<Result<_>>()?;
+    let (mut options, mut row_errors): (Vec<Measured>, Vec<Vec<f64>>) =
+        measured.into_iter().unzip();
     options.push(Measured {
         ty: None,
         bytes: keep_bytes,
         error: Error::default(),
     });
-    Ok(WeightErrors { options, signal })
+    row_errors.push(Vec::new());
+    Ok(WeightErrors {
+        options,
+        signal,
+        rows,
+        sampled: picked,
+        row_errors,
+    })
 }
 
 /// Bytes of a (rows, cols) weight in a ggml block type.
@@ -214,5 +274,20 @@ mod tests {
         );
         assert!((double.signal.per_token / flat.signal.per_token - 2.0).abs() < 1e-9);
         assert!(measure(&w, Some(&[1.0; 3]), &cands, 0).is_err());
+        // Row gains scale each row's error: a gain of 3 on every row triples it, a gain
+        // on half the rows lands between.
+        let mut tripled = flat.clone();
+        tripled.scale_rows(|_| 3.0);
+        let t = tripled.options[0].error.per_token / f.per_token;
+        assert!((t - 3.0).abs() < 1e-9, "{t}");
+        let mut half = flat.clone();
+        half.scale_rows(|r| if r < 32 { 3.0 } else { 1.0 });
+        let h = half.options[0].error.per_token / f.per_token;
+        assert!(h > 1.5 && h < 2.5, "{h}");
+        assert_eq!(
+            tripled.options[1].error,
+            Error::default(),
+            "kept stays exact"
+        );
     }
 }

@@ -19,11 +19,11 @@ pub enum Role {
 /// The loss the mix minimises, per weight: the expected squared error it adds to its
 /// output per token (what a second-order expansion of the model's loss is proportional
 /// to when every output is equally sensitive), summed over the roles a weight plays (a
-/// tied embedding is looked up and is the head). Measured on the test model, perplexity
-/// rises by about the same amount per unit of this error whichever linear or head it is
-/// in (within 2×, value projections about 3× more), where errors relative to each
-/// output's own norm are off by 100× between the head and the layers
-/// (docs/QUANTIZATION.md).
+/// tied embedding is looked up and is the head); a value projection's rows count through
+/// the output projection's columns that read them (`source.rs`). Measured on the test
+/// model, perplexity rises by about the same amount per unit of this error whichever
+/// linear or head it is in (within 2×), where errors relative to each output's own norm
+/// are off by 100× between the head and the layers (docs/QUANTIZATION.md).
 pub fn loss(roles: &[Role], err: Error) -> f64 {
     roles
         .iter()
@@ -179,34 +179,36 @@ mod tests {
     #[test]
     fn topology_round_trips_the_mix() {
         let q = |s: &str| Some(s.parse::<IsqType>().unwrap());
-        let errs = |a: f64, b: f64| WeightErrors {
-            options: vec![
-                Measured {
-                    ty: q("Q4K"),
-                    bytes: 100,
-                    error: Error {
-                        per_row: a,
-                        per_token: a,
+        let errs = |a: f64, b: f64| {
+            WeightErrors::from_totals(
+                vec![
+                    Measured {
+                        ty: q("Q4K"),
+                        bytes: 100,
+                        error: Error {
+                            per_row: a,
+                            per_token: a,
+                        },
                     },
-                },
-                Measured {
-                    ty: q("Q8_0"),
-                    bytes: 200,
-                    error: Error {
-                        per_row: b,
-                        per_token: b,
+                    Measured {
+                        ty: q("Q8_0"),
+                        bytes: 200,
+                        error: Error {
+                            per_row: b,
+                            per_token: b,
+                        },
                     },
+                    Measured {
+                        ty: None,
+                        bytes: 400,
+                        error: Error::default(),
+                    },
+                ],
+                Error {
+                    per_row: 1.0,
+                    per_token: 1.0,
                 },
-                Measured {
-                    ty: None,
-                    bytes: 400,
-                    error: Error::default(),
-                },
-            ],
-            signal: Error {
-                per_row: 1.0,
-                per_token: 1.0,
-            },
+            )
         };
         let units = vec![
             Unit::new(
