@@ -188,22 +188,23 @@ impl IsqType {
     }
 
     /// The type actually used for rows of `row_len` elements; None keeps the layer dense.
+    /// Warns once per step-down taken.
     pub fn for_row_len(&self, row_len: usize) -> Option<Self> {
+        let used = self.resolve_row_len(row_len);
+        if used != Some(*self) {
+            warn_fallback_once(*self, used);
+        }
+        used
+    }
+
+    /// [`Self::for_row_len`] without the warning (for weighing candidates).
+    pub fn resolve_row_len(&self, row_len: usize) -> Option<Self> {
         let mut t = *self;
         loop {
             if row_len.is_multiple_of(t.block_size()) {
-                if t != *self {
-                    warn_fallback_once(*self, Some(t));
-                }
                 return Some(t);
             }
-            match t.fallback() {
-                Some(next) => t = next,
-                None => {
-                    warn_fallback_once(*self, None);
-                    return None;
-                }
-            }
+            t = t.fallback()?;
         }
     }
 }

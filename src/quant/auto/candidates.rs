@@ -57,7 +57,7 @@ pub fn for_weight(kind: WeightKind, rows: usize, cols: usize) -> Vec<IsqType> {
         .map(|&g| IsqType::Ggml(g))
         .chain(methods.iter().copied())
     {
-        let Some(used) = t.for_row_len(cols) else {
+        let Some(used) = t.resolve_row_len(cols) else {
             continue;
         };
         if let IsqType::Hqq {
