@@ -83,10 +83,10 @@ impl ModelBuilder {
     /// An imatrix or calibration text weights the errors.
     pub fn with_auto_isq(mut self, max_bytes: u64) -> Self {
         self.opts.isq = None;
-        let write_topology = self.opts.auto.take().and_then(|a| a.write_topology);
+        // `with_write_topology`'s path joins it in `build_loaded`.
         self.opts.auto = Some(crate::quant::auto::AutoIsq {
             max_bytes,
-            write_topology,
+            write_topology: None,
         });
         self
     }

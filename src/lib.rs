@@ -15,6 +15,7 @@ pub mod progress;
 pub mod quant;
 pub mod repl;
 pub mod server;
+mod sync;
 
 pub use builder::ModelBuilder;
 pub use engine::Engine;

@@ -6,6 +6,7 @@ pub mod bnb;
 pub mod fp8;
 pub mod gguf;
 pub mod gguf_file;
+mod gguf_names;
 pub mod gguf_tokenizer;
 pub mod gptq;
 pub mod hub;

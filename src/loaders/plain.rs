@@ -6,6 +6,7 @@ use super::safetensors_file::SafetensorsFiles;
 use super::{read_json, special_token, LoadOptions, LoadedModel, TokenizerAssets};
 use crate::models::{Embedding, ModelConfig, WeightSource};
 use crate::quant::{isq, GgmlLinear, IsqType, QuantLinear, UnquantLinear};
+use crate::sync::lock;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -281,10 +282,6 @@ impl SafetensorsSource {
         *cache = q.clone();
         Ok(q)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WeightSource for SafetensorsSource {

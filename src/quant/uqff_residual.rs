@@ -6,6 +6,7 @@
 
 use super::{GgmlLinear, QuantLinear, UnquantLinear};
 use crate::models::{Embedding, WeightSource};
+use crate::sync::lock;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
@@ -47,10 +48,6 @@ impl Recorder {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A weight source that passes everything through and records the residual tensors.

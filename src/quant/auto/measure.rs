@@ -43,7 +43,7 @@ pub struct Measured {
 }
 
 /// The errors of the candidates on one weight, and the same sums over the weight itself
-/// (its output's expected squared norm), for errors relative to the signal.
+/// (its output's expected squared norm, logged beside the errors for scale).
 #[derive(Debug, Clone)]
 pub struct WeightErrors {
     pub options: Vec<Measured>,

@@ -8,6 +8,7 @@ use super::mix::{Role, Unit};
 use crate::loaders::LoadOptions;
 use crate::models::{Embedding, WeightSource};
 use crate::quant::{IsqType, QuantLinear};
+use crate::sync::lock;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,10 +58,6 @@ impl Measurements {
             self.fixed.load(Ordering::Relaxed),
         )
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Attention's head layout, for the value rows each output-projection column reads.
