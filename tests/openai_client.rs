@@ -137,7 +137,15 @@ fn openai_python_client_then_graceful_shutdown() {
         .unwrap()
         .success());
     // Draining: still listening, /health 503 so load balancers move on, new work refused.
-    let h = http::get(addr, "/health");
+    // The signal is delivered asynchronously, so wait (boundedly) for the drain to start.
+    let drain_start = Instant::now();
+    let h = loop {
+        let h = http::get(addr, "/health");
+        if h.status != 200 || drain_start.elapsed() > Duration::from_secs(10) {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(h.status, 503, "{}", h.body);
     assert!(h.body.contains("draining"), "{}", h.body);
     let refused = http::request(
