@@ -88,98 +88,6 @@ pub(super) unsafe fn block(kind: BlockKind, b: *const u8, a: &Q8Act) -> (__m256,
     (sums, d, offset)
 }
 
-/// Q4_K / Q5_K: per 32-element sub-block, codes from one half of 32 nibble bytes (plus
-/// Q5_K's fifth bit), a 6-bit scale and min from the packed scale bytes.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
-    let bb = kind.block_bytes();
-    let m4 = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut offset_total = 0f32;
-    for (sb, acts) in act.chunks_exact(8).enumerate() {
-        let b = row.as_ptr().add(sb * bb);
-        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let scales = std::slice::from_raw_parts(b.add(4), 12);
-        let (qs, qh) = match kind {
-            BlockKind::Q4K => (b.add(16), None),
-            _ => (
-                b.add(48),
-                Some(_mm256_loadu_si256(b.add(16) as *const __m256i)),
-            ),
-        };
-        for pair in 0..4 {
-            let bytes = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
-            for half in 0..2 {
-                let i = 2 * pair + half;
-                let a = &acts[i];
-                let mut q = if half == 0 {
-                    _mm256_and_si256(bytes, m4)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4)
-                };
-                if let Some(h) = qh {
-                    let bit = _mm256_set1_epi8(1 << i);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
-                    q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-                }
-                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones));
-                let (sc, m) = super::scalar::k_scale_min(scales, i);
-                let scale = _mm256_set1_ps(d * sc as f32 * a.d);
-                if half == 0 {
-                    acc0 = _mm256_fmadd_ps(scale, sums, acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(scale, sums, acc1);
-                }
-                offset_total -= dmin * m as f32 * a.dsum;
-            }
-        }
-    }
-    hsum(_mm256_add_ps(acc0, acc1)) + offset_total
-}
-
-/// Q6_K: per 32-element group, 6-bit codes from a nibble of `ql` and two bits of `qh`,
-/// made signed (q − 32) so the sign trick applies, with one scale per 16 elements: the
-/// low four i32 lanes of `madd` hold elements 0..15, the high four 16..31.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q6k(row: &[u8], act: &[Q8Act]) -> f32 {
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m2 = _mm256_set1_epi8(3);
-    let bias = _mm256_set1_epi8(32);
-    let mut acc = _mm256_setzero_ps();
-    for (sb, acts) in act.chunks_exact(8).enumerate() {
-        let b = row.as_ptr().add(sb * 210);
-        let d = f16_at(b.add(208));
-        for half in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.add(64 * half) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.add(64 * half + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.add(128 + 32 * half) as *const __m256i);
-            let sc = b.add(192 + 8 * half) as *const i8;
-            for part in 0..4 {
-                let low = match part {
-                    0 => _mm256_and_si256(ql0, m4),
-                    1 => _mm256_and_si256(ql1, m4),
-                    2 => _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _ => _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                };
-                let shift = _mm_cvtsi32_si128(2 * part as i32);
-                let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), m2);
-                let w = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), bias);
-                let a = &acts[4 * half + part];
-                let sums = signed_group(w, a);
-                let da = d * a.d;
-                let scales = _mm256_setr_m128(
-                    _mm_set1_ps(da * *sc.add(2 * part) as f32),
-                    _mm_set1_ps(da * *sc.add(2 * part + 1) as f32),
-                );
-                acc = _mm256_fmadd_ps(scales, sums, acc);
-            }
-        }
-    }
-    hsum(acc)
-}
-
 /// Σ w·a of a signed 32-code group against its activations, as 8 float lanes: lanes
 /// 0..3 cover elements 0..15, lanes 4..7 elements 16..31 (for per-16 scales).
 #[inline]
@@ -199,6 +107,8 @@ unsafe fn dot_q3k(row: &[u8], act: &[Q8Act]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (sb, acts) in act.chunks_exact(8).enumerate() {
         let b = row.as_ptr().add(sb * 110);
+        super::prefetch_ahead(b);
+        super::prefetch_ahead(b.wrapping_add(64));
         let block = std::slice::from_raw_parts(b, 110);
         let scales = super::scalar::q3k_scales(&block[96..108]);
         let d = f16_at(b.add(108));
@@ -232,6 +142,8 @@ unsafe fn dot_q2k(row: &[u8], act: &[Q8Act]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (sb, acts) in act.chunks_exact(8).enumerate() {
         let b = row.as_ptr().add(sb * 84);
+        super::prefetch_ahead(b);
+        super::prefetch_ahead(b.wrapping_add(64));
         let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
         for (g, a) in acts.iter().enumerate() {
             let (half, j) = (g / 4, g % 4);
@@ -336,11 +248,8 @@ pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     if kind == BlockKind::Q3K {
         return dot_q3k(row, act);
     }
-    if kind == BlockKind::Q6K {
-        return dot_q6k(row, act);
-    }
-    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
-        return dot_k(kind, row, act);
+    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K) {
+        return super::kdot::dot_avx2(kind, row, act);
     }
     let bb = kind.block_bytes();
     debug_assert!(row.len() >= act.len() * bb);
@@ -351,6 +260,10 @@ pub(super) unsafe fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     let pairs = act.len() / 2;
     for p in 0..pairs {
         let (a0, a1) = (&act[2 * p], &act[2 * p + 1]);
+        if p % 2 == 0 {
+            super::prefetch_ahead(base.add(2 * p * bb));
+            super::prefetch_ahead(base.add(2 * p * bb).wrapping_add(64));
+        }
         let (s0, d0, o0) = block(kind, base.add(2 * p * bb), a0);
         let (s1, d1, o1) = block(kind, base.add((2 * p + 1) * bb), a1);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0 * a0.d), s0, acc0);

@@ -3,7 +3,7 @@
 //! 64 products per instruction; a 16-row panel block is eight such vectors, each used for
 //! every token of the tile. Same arithmetic as `gemm::tile_scalar`, bit for bit.
 
-use super::gemm::{Acts, PanelBlock, PANEL, TILE};
+use super::gemm::{Acts, Form, PanelBlock, PANEL, TILE};
 use super::{BlockKind, Q8Act};
 use std::arch::x86_64::*;
 
@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 pub(super) unsafe fn tile(
     panel: &[PanelBlock],
     acts: &Acts,
-    signed: bool,
+    form: Form,
     t0: usize,
     tn: usize,
     out: *mut f32,
@@ -28,9 +28,10 @@ pub(super) unsafe fn tile(
     debug_assert!(tn <= TILE && valid <= PANEL && panel.len() == acts.nb);
     macro_rules! go {
         ($($n:literal)*) => {
-            match (tn, signed) {
-                $(($n, false) => tile_n::<$n, false>(panel, acts, t0, out, rows, n0, valid),
-                  ($n, true) => tile_n::<$n, true>(panel, acts, t0, out, rows, n0, valid),)*
+            match (tn, form) {
+                $(($n, Form::Unsigned) => tile_n::<$n, UNSIGNED>(panel, acts, t0, out, rows, n0, valid),
+                  ($n, Form::Signed) => tile_n::<$n, SIGNED>(panel, acts, t0, out, rows, n0, valid),
+                  ($n, Form::Halves) => tile_n::<$n, HALVES>(panel, acts, t0, out, rows, n0, valid),)*
                 _ => unreachable!("tile of {tn} tokens"),
             }
         };
@@ -38,9 +39,14 @@ pub(super) unsafe fn tile(
     go!(1 2 3 4 5 6 7 8)
 }
 
+/// [`Form`] as a const parameter of [`tile_n`].
+const UNSIGNED: u8 = 0;
+const SIGNED: u8 = 1;
+const HALVES: u8 = 2;
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile_n<const T: usize, const SIGNED: bool>(
+unsafe fn tile_n<const T: usize, const FORM: u8>(
     panel: &[PanelBlock],
     acts: &Acts,
     t0: usize,
@@ -65,6 +71,14 @@ unsafe fn tile_n<const T: usize, const SIGNED: bool>(
         let w7 = _mm512_load_si512(wp.add(7));
         let sc = _mm512_load_ps(pb.scale.as_ptr());
         let off = _mm512_load_ps(pb.off.as_ptr());
+        let (sc_hi, off_hi) = if FORM == HALVES {
+            (
+                _mm512_load_ps(pb.scale_hi.as_ptr()),
+                _mm512_load_ps(pb.off_hi.as_ptr()),
+            )
+        } else {
+            (sc, off)
+        };
         for (t, acc) in acc.iter_mut().enumerate() {
             let tok = t0 + t;
             let a = qs.add(tok * cols + b * 32) as *const i32;
@@ -83,13 +97,22 @@ unsafe fn tile_n<const T: usize, const SIGNED: bool>(
             lo = _mm512_dpbusd_epi32(lo, w3, word!(3));
             hi = _mm512_dpbusd_epi32(hi, w7, word!(7));
             let e = tok * nb + b;
+            let da = _mm512_set1_ps(*acts.d.get_unchecked(e));
+            if FORM == HALVES {
+                let dh = acts.dsum_half.as_ptr().add(2 * e);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(sc, da), *acc);
+                *acc = _mm512_fmadd_ps(off, _mm512_set1_ps(*dh), *acc);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(sc_hi, da), *acc);
+                *acc = _mm512_fmadd_ps(off_hi, _mm512_set1_ps(*dh.add(1)), *acc);
+                continue;
+            }
             let mut isum = _mm512_add_epi32(lo, hi);
-            if SIGNED {
+            if FORM == SIGNED {
                 isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(*acts.csum.get_unchecked(e)));
             }
-            let scale = _mm512_mul_ps(sc, _mm512_set1_ps(*acts.d.get_unchecked(e)));
+            let scale = _mm512_mul_ps(sc, da);
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
-            if !SIGNED {
+            if FORM == UNSIGNED {
                 *acc = _mm512_fmadd_ps(off, _mm512_set1_ps(*acts.dsum.get_unchecked(e)), *acc);
             }
         }
@@ -119,6 +142,7 @@ pub(super) unsafe fn quantize_row(
     d: &mut [f32],
     dsum: &mut [f32],
     csum: &mut [i32],
+    dsum_half: &mut [f32],
 ) {
     debug_assert!(qs.len() == x.len() && d.len() * 32 == x.len());
     let (half, one) = (_mm512_set1_ps(0.5), _mm512_set1_epi32(1));
@@ -133,7 +157,8 @@ pub(super) unsafe fn quantize_row(
         for (j, b) in chunk.chunks_exact(32).enumerate() {
             let blk = s * (span / 32) + j;
             let mut sum = _mm512_setzero_si512();
-            for h in 0..2 {
+            let mut half_sums = [0i32; 2];
+            for (h, half_sum) in half_sums.iter_mut().enumerate() {
                 let v = _mm512_mul_ps(_mm512_loadu_ps(b.as_ptr().add(16 * h)), id);
                 let i = _mm512_cvttps_epi32(v);
                 let frac = _mm512_sub_ps(v, _mm512_cvtepi32_ps(i));
@@ -142,6 +167,7 @@ pub(super) unsafe fn quantize_row(
                 let r = _mm512_mask_add_epi32(i, up, i, one);
                 let r = _mm512_mask_sub_epi32(r, down, r, one);
                 sum = _mm512_add_epi32(sum, r);
+                *half_sum = _mm512_reduce_add_epi32(r);
                 _mm_storeu_si128(
                     qs.as_mut_ptr().add(blk * 32 + 16 * h) as *mut __m128i,
                     _mm512_cvtepi32_epi8(r),
@@ -151,6 +177,8 @@ pub(super) unsafe fn quantize_row(
             d[blk] = dd;
             dsum[blk] = dd * sum as f32;
             csum[blk] = 128 * sum;
+            dsum_half[2 * blk] = dd * half_sums[0] as f32;
+            dsum_half[2 * blk + 1] = dd * half_sums[1] as f32;
         }
     }
 }
@@ -301,8 +329,8 @@ pub(super) unsafe fn dot_rows<const R: usize>(
     rows: [&[u8]; R],
     act: &[Q8Act],
 ) -> [f32; R] {
-    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
-        return rows.map(|row| dot_k(kind, row, act));
+    if matches!(kind, BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K) {
+        return rows.map(|row| super::kdot::dot_vnni(kind, row, act));
     }
     // One copy per block type, so the block decoding has no branches on the type.
     match kind {
@@ -338,6 +366,10 @@ unsafe fn dot_legacy<const R: usize, const K: usize>(rows: [&[u8]; R], act: &[Q8
         let (a0, a1) = (&act[2 * p], &act[2 * p + 1]);
         for r in 0..R {
             let b0 = base[r].add(2 * p * bb);
+            if p % 2 == 0 {
+                super::prefetch_ahead(b0);
+                super::prefetch_ahead(b0.wrapping_add(64));
+            }
             let (s, d, o) = two_blocks(kind, b0, b0.add(bb), a0, a1);
             let scale = halves_ps(d[0] * a0.d, d[1] * a1.d);
             acc[r] = _mm512_fmadd_ps(scale, s, acc[r]);
@@ -359,55 +391,4 @@ unsafe fn dot_legacy<const R: usize, const K: usize>(rows: [&[u8]; R], act: &[Q8
         out[r] = hsum256(_mm256_add_ps(acc0, acc1)) + off0 + off1;
     }
     out
-}
-
-/// `avx2::dot_k` with `vpdpbusd` (256-bit) for the integer sums: the same i32 lanes
-/// (sums of four products) as `maddubs` + `madd`, so bit-identical. (512-bit vectors with
-/// two sub-blocks each measured slower here: Zen 4 splits them, and the halves must be
-/// assembled.)
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_k(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
-    let bb = kind.block_bytes();
-    let m4 = _mm256_set1_epi8(0x0F);
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut offset_total = 0f32;
-    for (sb, acts) in act.chunks_exact(8).enumerate() {
-        let b = row.as_ptr().add(sb * bb);
-        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let scales = std::slice::from_raw_parts(b.add(4), 12);
-        let (qs, qh) = match kind {
-            BlockKind::Q4K => (b.add(16), None),
-            _ => (
-                b.add(48),
-                Some(_mm256_loadu_si256(b.add(16) as *const __m256i)),
-            ),
-        };
-        for pair in 0..4 {
-            let bytes = _mm256_loadu_si256(qs.add(32 * pair) as *const __m256i);
-            for half in 0..2 {
-                let i = 2 * pair + half;
-                let a = &acts[i];
-                let mut q = if half == 0 {
-                    _mm256_and_si256(bytes, m4)
-                } else {
-                    _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), m4)
-                };
-                if let Some(h) = qh {
-                    let set = _mm256_test_epi8_mask(h, _mm256_set1_epi8(1 << i));
-                    q = _mm256_mask_blend_epi8(set, q, _mm256_or_si256(q, _mm256_set1_epi8(0x10)));
-                }
-                let av = _mm256_load_si256(a.qs.as_ptr() as *const __m256i);
-                let sums = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), q, av));
-                let (sc, m) = super::scalar::k_scale_min(scales, i);
-                let scale = _mm256_set1_ps(d * sc as f32 * a.d);
-                if half == 0 {
-                    acc0 = _mm256_fmadd_ps(scale, sums, acc0);
-                } else {
-                    acc1 = _mm256_fmadd_ps(scale, sums, acc1);
-                }
-                offset_total -= dmin * m as f32 * a.dsum;
-            }
-        }
-    }
-    hsum256(_mm256_add_ps(acc0, acc1)) + offset_total
 }

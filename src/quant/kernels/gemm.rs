@@ -13,7 +13,9 @@
 //! ```
 //!
 //! in block order, the same for every tile shape and thread split, so a token's result
-//! never depends on the other tokens of the call (the scheduler relies on a sequence
+//! never depends on the other tokens of the call. Q2_K, Q3_K and Q6_K carry a scale per
+//! 16 elements: their blocks do the two lines for each half (k < 16, k ≥ 16) in turn, with
+//! that half's scale, offset and activation sum ([`Form::Halves`]) (the scheduler relies on a sequence
 //! computing the same whether batched or alone). [`tile_scalar`] is the reference the
 //! SIMD tile is tested against bit for bit.
 
@@ -24,6 +26,28 @@ pub(super) const PANEL: usize = 16;
 /// Tokens per register tile.
 pub(super) const TILE: usize = 8;
 
+/// How a block type's codes turn into weights, which picks the tile's arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Form {
+    /// w = scale·q + off per 32-block, q unsigned.
+    Unsigned,
+    /// Q8_0: w = scale·(q − 128), corrected in integers with the activations' `csum`.
+    Signed,
+    /// w = scale·q + off per 16 elements (`scale`/`off` the low half, `scale_hi`/`off_hi`
+    /// the high one), q unsigned: Q2_K, Q3_K, Q6_K.
+    Halves,
+}
+
+impl Form {
+    pub(super) fn of(kind: BlockKind) -> Self {
+        match kind {
+            BlockKind::Q8_0 => Self::Signed,
+            BlockKind::Q2K | BlockKind::Q3K | BlockKind::Q6K => Self::Halves,
+            _ => Self::Unsigned,
+        }
+    }
+}
+
 /// One 32-element block of a panel's 16 rows.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -33,6 +57,9 @@ pub(super) struct PanelBlock {
     pub w: [u8; BLOCK * PANEL],
     pub scale: [f32; PANEL],
     pub off: [f32; PANEL],
+    /// The high half's (k ≥ 16) scale and offset, for [`Form::Halves`] only.
+    pub scale_hi: [f32; PANEL],
+    pub off_hi: [f32; PANEL],
 }
 
 impl PanelBlock {
@@ -40,6 +67,8 @@ impl PanelBlock {
         w: [0; BLOCK * PANEL],
         scale: [0.0; PANEL],
         off: [0.0; PANEL],
+        scale_hi: [0.0; PANEL],
+        off_hi: [0.0; PANEL],
     };
 }
 
@@ -54,9 +83,11 @@ pub(super) struct Acts {
     pub dsum: Vec<f32>,
     /// 128 · Σ q: what Q8_0's offset codes add to a block's integer sum.
     pub csum: Vec<i32>,
+    /// d · Σ q over each 16-element half: entries 2·e and 2·e + 1 for (token, block) e.
+    pub dsum_half: Vec<f32>,
 }
 
-/// The block types this GEMM handles: one scale and offset per 32-element block.
+/// The block types this GEMM handles: every ggml block type smelt multiplies.
 pub(super) fn supported(kind: BlockKind) -> bool {
     matches!(
         kind,
@@ -65,8 +96,11 @@ pub(super) fn supported(kind: BlockKind) -> bool {
             | BlockKind::Q5_0
             | BlockKind::Q5_1
             | BlockKind::Q8_0
+            | BlockKind::Q2K
+            | BlockKind::Q3K
             | BlockKind::Q4K
             | BlockKind::Q5K
+            | BlockKind::Q6K
     )
 }
 
@@ -74,6 +108,16 @@ pub(super) fn supported(kind: BlockKind) -> bool {
 struct Shared<T>(*mut T);
 // SAFETY: threads write disjoint elements and the buffer outlives the parallel run.
 unsafe impl<T> Sync for Shared<T> {}
+
+/// Whether [`quantize`] may use its AVX-512 version for this tile (same results).
+fn avx512_quantize(tile: Tile) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if tile == Tile::Vnni {
+        return true;
+    }
+    let _ = tile;
+    false
+}
 
 /// Quantizes `m` rows of `cols` with one scale per `span` elements (as
 /// `act::quantize_activations_scaled_per`), the rows split over the kernel pool.
@@ -90,31 +134,34 @@ pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize, simd: bool
         d: vec![0.0; m * nb],
         dsum: vec![0.0; m * nb],
         csum: vec![0; m * nb],
+        dsum_half: vec![0.0; 2 * m * nb],
     };
     let ptrs = (
         Shared(acts.qs.as_mut_ptr()),
         Shared(acts.d.as_mut_ptr()),
         Shared(acts.dsum.as_mut_ptr()),
         Shared(acts.csum.as_mut_ptr()),
+        Shared(acts.dsum_half.as_mut_ptr()),
     );
     let ptrs = &ptrs;
     let job = move |index: usize, threads: usize| {
         let per = m.div_ceil(threads);
         for t in index * per..((index + 1) * per).min(m) {
             // SAFETY: token t's parts belong to this thread alone and lie in bounds.
-            let (qs, d, dsum, csum) = unsafe {
+            let (qs, d, dsum, csum, dsum_half) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(ptrs.0 .0.add(t * cols), cols),
                     std::slice::from_raw_parts_mut(ptrs.1 .0.add(t * nb), nb),
                     std::slice::from_raw_parts_mut(ptrs.2 .0.add(t * nb), nb),
                     std::slice::from_raw_parts_mut(ptrs.3 .0.add(t * nb), nb),
+                    std::slice::from_raw_parts_mut(ptrs.4 .0.add(2 * t * nb), 2 * nb),
                 )
             };
             let row = &x[t * cols..(t + 1) * cols];
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: `simd` means AVX-512 F/BW (see `fast_tile`); the sizes hold.
-                unsafe { super::avx512::quantize_row(row, span, qs, d, dsum, csum) };
+                unsafe { super::avx512::quantize_row(row, span, qs, d, dsum, csum, dsum_half) };
                 continue;
             }
             for (s, chunk) in row.chunks_exact(span).enumerate() {
@@ -127,6 +174,9 @@ pub(super) fn quantize(x: &[f32], m: usize, cols: usize, span: usize, simd: bool
                     d[blk] = dd;
                     dsum[blk] = dd * sum as f32;
                     csum[blk] = 128 * sum;
+                    let lo: i32 = q[..16].iter().map(|&v| v as i32).sum();
+                    dsum_half[2 * blk] = dd * lo as f32;
+                    dsum_half[2 * blk + 1] = dd * (sum - lo) as f32;
                 }
             }
         }
@@ -144,9 +194,51 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
-/// The codes of 32-block `blk` of a weight row as unsigned bytes, and (scale, off) with
-/// w = scale·q + off (for Q8_0: q + 128 and off 0, corrected in integers).
-fn block_codes(kind: BlockKind, row: &[u8], blk: usize, q: &mut [u8; BLOCK]) -> (f32, f32) {
+/// The codes of 32-block `blk` of a weight row as unsigned bytes, and the (scale, off)
+/// of each 16-element half with w = scale·q + off (for Q8_0: q + 128 and off 0, corrected
+/// in integers). Both halves are the same but for [`Form::Halves`].
+fn block_codes(
+    kind: BlockKind,
+    row: &[u8],
+    blk: usize,
+    q: &mut [u8; BLOCK],
+) -> ([f32; 2], [f32; 2]) {
+    let same = |(scale, off): (f32, f32)| ([scale; 2], [off; 2]);
+    // Signed codes from the decode kernels' reference, lifted by `bias` to unsigned.
+    let biased = |q: &mut [u8; BLOCK], signed: &[i32; BLOCK], bias: i32, s: (f32, f32)| {
+        for (v, &c) in q.iter_mut().zip(signed) {
+            *v = (c + bias) as u8;
+        }
+        ([s.0, s.1], [-(bias as f32) * s.0, -(bias as f32) * s.1])
+    };
+    let mut signed = [0i32; BLOCK];
+    if matches!(kind, BlockKind::Q2K | BlockKind::Q3K | BlockKind::Q6K) {
+        let b = &row[(blk / 8) * kind.block_bytes()..][..kind.block_bytes()];
+        let g = blk % 8;
+        return match kind {
+            BlockKind::Q6K => {
+                let s = super::scalar::decode_q6k_group(b, g, &mut signed);
+                biased(q, &signed, 32, s)
+            }
+            BlockKind::Q3K => {
+                let s = super::scalar::decode_q3k_group(b, g, &mut signed);
+                biased(q, &signed, 4, s)
+            }
+            _ => {
+                // Q2_K: w = d·(sc & 15)·q − dmin·(sc >> 4) per 16 elements.
+                let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+                let (half, j) = (g / 4, g % 4);
+                for (v, &c) in q.iter_mut().zip(&b[16 + 32 * half..48 + 32 * half]) {
+                    *v = (c >> (2 * j)) & 3;
+                }
+                let (s0, s1) = (b[2 * g], b[2 * g + 1]);
+                (
+                    [d * (s0 & 15) as f32, d * (s1 & 15) as f32],
+                    [-dmin * (s0 >> 4) as f32, -dmin * (s1 >> 4) as f32],
+                )
+            }
+        };
+    }
     let nibbles = |q: &mut [u8; BLOCK], qs: &[u8]| {
         for j in 0..16 {
             q[j] = qs[j] & 0x0F;
@@ -179,13 +271,13 @@ fn block_codes(kind: BlockKind, row: &[u8], blk: usize, q: &mut [u8; BLOCK]) -> 
                 }
             }
             let (sc, m) = super::scalar::k_scale_min(&b[4..16], i);
-            (d * sc as f32, -dmin * m as f32)
+            same((d * sc as f32, -dmin * m as f32))
         }
         _ => {
             let bb = kind.block_bytes();
             let b = &row[blk * bb..(blk + 1) * bb];
             let d = f16_at(b, 0);
-            match kind {
+            same(match kind {
                 BlockKind::Q4_0 => {
                     nibbles(q, &b[2..18]);
                     (d, -8.0 * d)
@@ -211,7 +303,7 @@ fn block_codes(kind: BlockKind, row: &[u8], blk: usize, q: &mut [u8; BLOCK]) -> 
                     (d, 0.0)
                 }
                 _ => unreachable!("not a type of this GEMM: {kind:?}"),
-            }
+            })
         }
     }
 }
@@ -234,8 +326,8 @@ pub(super) fn repack(
         for r in 0..valid {
             let row = &weight[(n0 + r) * row_bytes..(n0 + r + 1) * row_bytes];
             let (scale, off) = block_codes(kind, row, blk, &mut q);
-            pb.scale[r] = scale;
-            pb.off[r] = off;
+            (pb.scale[r], pb.scale_hi[r]) = (scale[0], scale[1]);
+            (pb.off[r], pb.off_hi[r]) = (off[0], off[1]);
             for s in 0..BLOCK / 4 {
                 pb.w[64 * s + 4 * r..64 * s + 4 * r + 4].copy_from_slice(&q[4 * s..4 * s + 4]);
             }
@@ -247,7 +339,7 @@ pub(super) fn repack(
 pub(super) fn tile_scalar(
     panel: &[PanelBlock],
     acts: &Acts,
-    signed: bool,
+    form: Form,
     t0: usize,
     tn: usize,
 ) -> Vec<[f32; PANEL]> {
@@ -258,15 +350,26 @@ pub(super) fn tile_scalar(
             let a = &acts.qs[tok * acts.cols + b * BLOCK..][..BLOCK];
             let e = tok * acts.nb + b;
             for (r, acc) in acc.iter_mut().enumerate() {
-                let mut isum: i32 = (0..BLOCK)
-                    .map(|k| pb.w[64 * (k / 4) + 4 * r + k % 4] as i32 * a[k] as i32)
-                    .sum();
-                if signed {
-                    isum -= acts.csum[e];
-                }
-                *acc = (isum as f32).mul_add(pb.scale[r] * acts.d[e], *acc);
-                if !signed {
-                    *acc = pb.off[r].mul_add(acts.dsum[e], *acc);
+                let isum = |ks: std::ops::Range<usize>| -> i32 {
+                    ks.map(|k| pb.w[64 * (k / 4) + 4 * r + k % 4] as i32 * a[k] as i32)
+                        .sum()
+                };
+                match form {
+                    Form::Unsigned => {
+                        *acc = (isum(0..BLOCK) as f32).mul_add(pb.scale[r] * acts.d[e], *acc);
+                        *acc = pb.off[r].mul_add(acts.dsum[e], *acc);
+                    }
+                    Form::Signed => {
+                        let i = isum(0..BLOCK) - acts.csum[e];
+                        *acc = (i as f32).mul_add(pb.scale[r] * acts.d[e], *acc);
+                    }
+                    Form::Halves => {
+                        let (lo, hi) = (isum(0..16), isum(16..BLOCK));
+                        *acc = (lo as f32).mul_add(pb.scale[r] * acts.d[e], *acc);
+                        *acc = pb.off[r].mul_add(acts.dsum_half[2 * e], *acc);
+                        *acc = (hi as f32).mul_add(pb.scale_hi[r] * acts.d[e], *acc);
+                        *acc = pb.off_hi[r].mul_add(acts.dsum_half[2 * e + 1], *acc);
+                    }
                 }
             }
         }
@@ -280,27 +383,54 @@ pub(super) enum Tile {
     /// The reference (tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Scalar,
+    /// AVX2 `maddubs` + `madd` (any x86-64 CPU with AVX2).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// 256-bit `vpdpbusd` (AVX-VNNI).
+    #[cfg(target_arch = "x86_64")]
+    AvxVnni,
+    /// 512-bit `vpdpbusd` (AVX-512 VNNI).
     #[cfg(target_arch = "x86_64")]
     Vnni,
 }
 
-/// The fast tile for this CPU, if it has one (AVX-512 VNNI), detected once.
+/// The fast tile for this CPU within `SMELT_ISA` (see [`super::cpu`]), if it has one.
 pub(super) fn fast_tile() -> Option<Tile> {
-    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     #[cfg(target_arch = "x86_64")]
     {
-        let vnni = *VNNI.get_or_init(|| {
-            std::env::var_os("SMELT_FORCE_SCALAR").is_none()
-                && is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni")
-        });
-        if vnni {
+        let f = super::cpu::x86();
+        if f.avx512 {
             return Some(Tile::Vnni);
         }
+        if f.avxvnni {
+            return Some(Tile::AvxVnni);
+        }
+        if f.avx2 {
+            return Some(Tile::Avx2);
+        }
     }
-    let _ = &VNNI;
     None
+}
+
+/// Every tile this CPU can run, the reference first (tests compare them).
+#[cfg(test)]
+pub(super) fn all_tiles() -> Vec<Tile> {
+    #[allow(unused_mut)]
+    let mut t = vec![Tile::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = super::cpu::x86();
+        if f.avx2 {
+            t.push(Tile::Avx2);
+        }
+        if f.avxvnni {
+            t.push(Tile::AvxVnni);
+        }
+        if f.avx512 {
+            t.push(Tile::Vnni);
+        }
+    }
+    t
 }
 
 /// One weight of a product: its block type, ggml blocks and rows.
@@ -356,7 +486,7 @@ pub(super) fn matmul_many(
         let a = match acts.iter().position(|(s, _)| *s == sp) {
             Some(a) => a,
             None => {
-                acts.push((sp, quantize(x, m, cols, sp, tile != Tile::Scalar)));
+                acts.push((sp, quantize(x, m, cols, sp, avx512_quantize(tile))));
                 acts.len() - 1
             }
         };
@@ -379,11 +509,15 @@ pub(super) fn matmul_many(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let nb = cols / BLOCK;
     pool::global().run(&|_, _| {
-        let mut panel = vec![PanelBlock::ZERO; nb];
+        // Allocated at the first panel: parts that find none left cost nothing.
+        let mut panel = Vec::new();
         loop {
             let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if g >= total {
                 return;
+            }
+            if panel.is_empty() {
+                panel = vec![PanelBlock::ZERO; nb];
             }
             let j = starts.partition_point(|&s| s <= g) - 1;
             let (i, row_bytes, a, _) = jobs[j];
@@ -391,10 +525,10 @@ pub(super) fn matmul_many(
             let n0 = (g - starts[j]) * PANEL;
             let valid = PANEL.min(w.rows - n0);
             repack(w.kind, w.data, row_bytes, n0, valid, &mut panel);
-            let signed = w.kind == BlockKind::Q8_0;
+            let form = Form::of(w.kind);
             // SAFETY: rows n0..n0+valid of every token belong to this panel alone, and
             // the counter hands each panel to one thread.
-            unsafe { run_panel(tile, &panel, acts, signed, out, w.rows, n0, valid, m) };
+            unsafe { run_panel(tile, &panel, acts, form, out, w.rows, n0, valid, m) };
         }
     });
     outs
@@ -409,7 +543,7 @@ unsafe fn run_panel(
     tile: Tile,
     panel: &[PanelBlock],
     acts: &Acts,
-    signed: bool,
+    form: Form,
     out: &SharedOut,
     rows: usize,
     n0: usize,
@@ -421,17 +555,30 @@ unsafe fn run_panel(
         let tn = TILE.min(m - t0);
         match tile {
             Tile::Scalar => {
-                for (t, acc) in tile_scalar(panel, acts, signed, t0, tn).iter().enumerate() {
+                for (t, acc) in tile_scalar(panel, acts, form, t0, tn).iter().enumerate() {
                     for (r, &v) in acc.iter().enumerate().take(valid) {
                         *out.at((t0 + t) * rows + n0 + r) = v;
                     }
                 }
             }
-            // SAFETY: `Tile::Vnni` is only chosen when the CPU has AVX-512 F/BW/VNNI.
+            // SAFETY: each x86 tile is only chosen where the CPU has its features.
             #[cfg(target_arch = "x86_64")]
             Tile::Vnni => {
-                super::avx512::tile(panel, acts, signed, t0, tn, out.at(0), rows, n0, valid)
+                super::avx512::tile(panel, acts, form, t0, tn, out.at(0), rows, n0, valid)
             }
+            #[cfg(target_arch = "x86_64")]
+            Tile::Avx2 | Tile::AvxVnni => super::tile_avx2::tile(
+                tile == Tile::AvxVnni,
+                panel,
+                acts,
+                form,
+                t0,
+                tn,
+                out.at(0),
+                rows,
+                n0,
+                valid,
+            ),
         }
         t0 += tn;
     }
@@ -444,14 +591,17 @@ mod tests {
     use candle_core::quantized::{GgmlDType, QTensor};
     use candle_core::{Device, Tensor};
 
-    const KINDS: [(BlockKind, GgmlDType); 7] = [
+    const KINDS: [(BlockKind, GgmlDType); 10] = [
         (BlockKind::Q4_0, GgmlDType::Q4_0),
         (BlockKind::Q4_1, GgmlDType::Q4_1),
         (BlockKind::Q5_0, GgmlDType::Q5_0),
         (BlockKind::Q5_1, GgmlDType::Q5_1),
         (BlockKind::Q8_0, GgmlDType::Q8_0),
+        (BlockKind::Q2K, GgmlDType::Q2K),
+        (BlockKind::Q3K, GgmlDType::Q3K),
         (BlockKind::Q4K, GgmlDType::Q4K),
         (BlockKind::Q5K, GgmlDType::Q5K),
+        (BlockKind::Q6K, GgmlDType::Q6K),
     ];
 
     fn quantized(w: &[f32], rows: usize, cols: usize, dt: GgmlDType) -> (Vec<u8>, Vec<f32>) {
@@ -471,9 +621,7 @@ mod tests {
     }
 
     fn tiles() -> Vec<Tile> {
-        let mut t = vec![Tile::Scalar];
-        t.extend(fast_tile());
-        t
+        all_tiles()
     }
 
     /// Against a plain f32 product of the dequantized weight, on random data, with rows
@@ -511,24 +659,35 @@ mod tests {
     /// decode kernels' integer sums (only the order of float additions may differ there).
     #[test]
     fn simd_tile_is_bit_identical_to_scalar() {
-        let Some(fast) = fast_tile() else {
-            eprintln!("no integer GEMM tile for this CPU; nothing to compare");
-            return;
-        };
         let (rows, cols, m) = (50, 768, 21);
         let w = test_data(rows * cols, 23, 2.0);
         let x = test_data(m * cols, 24, 3.0);
+        // Codes and activations at their extremes, products all of one sign: what would
+        // overflow an i16 pair sum (`maddubs`) if a tile let it.
+        let sign = |i: usize| {
+            if (i * 7 + i / 5).is_multiple_of(3) {
+                -1.0
+            } else {
+                1.0
+            }
+        };
+        let w_max: Vec<f32> = (0..rows * cols).map(|i| sign(i % cols)).collect();
+        let x_max: Vec<f32> = (0..m * cols).map(|i| sign(i % cols) * 5.0).collect();
         for (kind, dt) in KINDS {
-            let (bytes, _) = quantized(&w, rows, cols, dt);
-            let a = matmul(Tile::Scalar, kind, &bytes, rows, cols, &x, m, 32);
-            let b = matmul(fast, kind, &bytes, rows, cols, &x, m, 32);
-            assert!(a == b, "{kind:?}: SIMD tile differs from the scalar one");
-            let rowwise = matmul_with(Isa::Scalar, kind, &bytes, rows, cols, &x, m);
-            for (p, q) in a.iter().zip(&rowwise) {
-                assert!(
-                    (p - q).abs() <= 1e-4 * p.abs().max(1.0),
-                    "{kind:?}: {p} vs {q}"
-                );
+            for (w, x) in [(&w, &x), (&w_max, &x_max)] {
+                let (bytes, _) = quantized(w, rows, cols, dt);
+                let a = matmul(Tile::Scalar, kind, &bytes, rows, cols, x, m, 32);
+                for tile in all_tiles().into_iter().skip(1) {
+                    let b = matmul(tile, kind, &bytes, rows, cols, x, m, 32);
+                    assert!(a == b, "{kind:?}: {tile:?} differs from the scalar tile");
+                }
+                let rowwise = matmul_with(Isa::Scalar, kind, &bytes, rows, cols, x, m);
+                for (p, q) in a.iter().zip(&rowwise) {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * p.abs().max(1.0),
+                        "{kind:?}: {p} vs {q}"
+                    );
+                }
             }
         }
     }
@@ -621,6 +780,7 @@ mod tests {
             let a = quantize(&x, m, cols, span, false);
             let b = quantize(&x, m, cols, span, true);
             assert!(a.qs == b.qs && a.d == b.d && a.dsum == b.dsum && a.csum == b.csum);
+            assert!(a.dsum_half == b.dsum_half);
         }
     }
 }

@@ -70,30 +70,6 @@ pub(super) fn k_scale_min(scales: &[u8], j: usize) -> (u8, u8) {
     }
 }
 
-/// Codes of sub-block `i` of a Q4_K/Q5_K super-block and its (scale, offset): the 64
-/// elements of pair i/2 share 32 bytes of nibbles, low nibbles first; Q5_K's fifth bit
-/// of element l of sub-block i is bit i of qh[l].
-fn decode_k_sub(kind: BlockKind, b: &[u8], i: usize, q: &mut [i32; BLOCK]) -> (f32, f32) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let (qs, qh) = match kind {
-        BlockKind::Q4K => (&b[16..144], None),
-        _ => (&b[48..176], Some(&b[16..48])),
-    };
-    let chunk = &qs[32 * (i / 2)..32 * (i / 2) + 32];
-    for l in 0..BLOCK {
-        let nib = if i.is_multiple_of(2) {
-            chunk[l] & 0x0F
-        } else {
-            chunk[l] >> 4
-        };
-        let high = qh.map_or(0, |h| ((h[l] >> i) & 1) << 4);
-        q[l] = (nib | high) as i32;
-    }
-    let (sc, m) = k_scale_min(scales, i);
-    (d * sc as f32, -dmin * m as f32)
-}
-
 /// Signed codes (q − 32) of 32-element group `j` (0..8) of a Q6_K super-block and the
 /// two 16-element scales (as d·scale) covering it.
 pub(super) fn decode_q6k_group(b: &[u8], j: usize, q: &mut [i32; BLOCK]) -> (f32, f32) {
@@ -210,23 +186,11 @@ pub(super) fn dot(kind: BlockKind, row: &[u8], act: &[Q8Act]) -> f32 {
     match kind {
         BlockKind::Q2K => return dot_q2k(row, act),
         BlockKind::Q3K => return dot_two_scale(kind, row, act, decode_q3k_group),
-        BlockKind::Q6K => return dot_two_scale(kind, row, act, decode_q6k_group),
+        BlockKind::Q6K => return super::kdot::dot_ref(kind, row, act),
         _ => {}
     }
     if matches!(kind, BlockKind::Q4K | BlockKind::Q5K) {
-        let mut q = [0i32; BLOCK];
-        let mut total = 0f32;
-        for (b, acts) in row
-            .chunks_exact(kind.block_bytes())
-            .zip(act.chunks_exact(8))
-        {
-            for (i, a) in acts.iter().enumerate() {
-                let (scale, offset) = decode_k_sub(kind, b, i, &mut q);
-                let isum: i32 = q.iter().zip(&a.qs).map(|(&w, &x)| w * x as i32).sum();
-                total += scale * a.d * isum as f32 + offset * a.dsum;
-            }
-        }
-        return total;
+        return super::kdot::dot_ref(kind, row, act);
     }
     let bb = kind.block_bytes();
     let mut q = [0i32; BLOCK];
