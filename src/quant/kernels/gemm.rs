@@ -318,6 +318,24 @@ pub(super) fn repack(
     valid: usize,
     panel: &mut [PanelBlock],
 ) {
+    match kind {
+        BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K => {
+            repack_k(kind, weight, row_bytes, n0, valid, panel)
+        }
+        _ => repack_ref(kind, weight, row_bytes, n0, valid, panel),
+    }
+}
+
+/// [`repack`] one 32-block at a time through [`block_codes`]: the reference, and the path
+/// of the kinds without a faster one.
+pub(super) fn repack_ref(
+    kind: BlockKind,
+    weight: &[u8],
+    row_bytes: usize,
+    n0: usize,
+    valid: usize,
+    panel: &mut [PanelBlock],
+) {
     let mut q = [0u8; BLOCK];
     for (blk, pb) in panel.iter_mut().enumerate() {
         if valid < PANEL {
@@ -330,6 +348,73 @@ pub(super) fn repack(
             (pb.off[r], pb.off_hi[r]) = (off[0], off[1]);
             for s in 0..BLOCK / 4 {
                 pb.w[64 * s + 4 * r..64 * s + 4 * r + 4].copy_from_slice(&q[4 * s..4 * s + 4]);
+            }
+        }
+    }
+}
+
+/// [`repack`] of Q4_K, Q5_K and Q6_K a super-block at a time: its scales decoded once
+/// for its eight 32-blocks, and four codes moved per 32-bit word (the prompt GEMM repacks
+/// every panel per call, so this runs once per weight and prompt). Same panels as
+/// [`repack_ref`] (tested).
+fn repack_k(
+    kind: BlockKind,
+    weight: &[u8],
+    row_bytes: usize,
+    n0: usize,
+    valid: usize,
+    panel: &mut [PanelBlock],
+) {
+    let word = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let bb = kind.block_bytes();
+    if valid < PANEL {
+        panel.fill(PanelBlock::ZERO);
+    }
+    for r in 0..valid {
+        let row = &weight[(n0 + r) * row_bytes..(n0 + r + 1) * row_bytes];
+        for (sb, b) in row.chunks_exact(bb).enumerate() {
+            let blocks = &mut panel[8 * sb..8 * sb + 8];
+            for (i, pb) in blocks.iter_mut().enumerate() {
+                // Code l = 4s + c of the block as byte c of word s.
+                let codes: [u32; 8];
+                match kind {
+                    BlockKind::Q6K => {
+                        let (half, part) = (i / 4, i % 4);
+                        let ql = 64 * half + 32 * (part % 2);
+                        let qh = 128 + 32 * half;
+                        codes = std::array::from_fn(|s| {
+                            let low = (word(b, ql + 4 * s) >> (4 * (part / 2))) & 0x0F0F_0F0F;
+                            let high = (word(b, qh + 4 * s) >> (2 * part)) & 0x0303_0303;
+                            low | high << 4
+                        });
+                        // Unsigned codes q = signed + 32, so w = scale·q − 32·scale.
+                        let d = f16_at(b, 208);
+                        let sc = &b[192 + 8 * half + 2 * part..];
+                        let (s0, s1) = (d * sc[0] as i8 as f32, d * sc[1] as i8 as f32);
+                        (pb.scale[r], pb.scale_hi[r]) = (s0, s1);
+                        (pb.off[r], pb.off_hi[r]) = (-32.0 * s0, -32.0 * s1);
+                    }
+                    _ => {
+                        let qs = if kind == BlockKind::Q4K { 16 } else { 48 } + 32 * (i / 2);
+                        let shift = 4 * (i % 2);
+                        codes = std::array::from_fn(|s| {
+                            let low = (word(b, qs + 4 * s) >> shift) & 0x0F0F_0F0F;
+                            if kind == BlockKind::Q5K {
+                                low | ((word(b, 16 + 4 * s) >> i) & 0x0101_0101) << 4
+                            } else {
+                                low
+                            }
+                        });
+                        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                        let (sc, m) = super::scalar::k_scale_min(&b[4..16], i);
+                        let (scale, off) = (d * sc as f32, -dmin * m as f32);
+                        (pb.scale[r], pb.scale_hi[r]) = (scale, scale);
+                        (pb.off[r], pb.off_hi[r]) = (off, off);
+                    }
+                }
+                for (s, c) in codes.iter().enumerate() {
+                    pb.w[64 * s + 4 * r..][..4].copy_from_slice(&c.to_le_bytes());
+                }
             }
         }
     }

@@ -196,3 +196,47 @@ fn simd_quantize_is_identical() {
         assert!(a.dsum_half == b.dsum_half);
     }
 }
+
+/// The super-block repack of the K kinds makes the reference's panels bit for bit, on
+/// quantized weights and on arbitrary bytes (every code and scale bit pattern), full and
+/// partial panels.
+#[test]
+fn k_repack_equals_the_reference() {
+    let (rows, cols) = (21, 512);
+    let w = test_data(rows * cols, 31, 4.0);
+    let mut s = 7u64;
+    for (kind, dt) in KINDS {
+        if !matches!(kind, BlockKind::Q4K | BlockKind::Q5K | BlockKind::Q6K) {
+            continue;
+        }
+        let (quant, _) = quantized(&w, rows, cols, dt);
+        let noise: Vec<u8> = (0..quant.len())
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (s >> 56) as u8
+            })
+            .collect();
+        let row_bytes = quant.len() / rows;
+        for bytes in [&quant, &noise] {
+            for n0 in (0..rows).step_by(PANEL) {
+                let valid = PANEL.min(rows - n0);
+                let mut fast = vec![PanelBlock::ZERO; cols / BLOCK];
+                let mut slow = fast.clone();
+                repack(kind, bytes, row_bytes, n0, valid, &mut fast);
+                repack_ref(kind, bytes, row_bytes, n0, valid, &mut slow);
+                for (f, r) in fast.iter().zip(&slow) {
+                    assert_eq!(f.w, r.w, "{kind:?} codes");
+                    let bits = |v: &[f32; PANEL]| v.map(f32::to_bits);
+                    for (a, b) in [
+                        (&f.scale, &r.scale),
+                        (&f.off, &r.off),
+                        (&f.scale_hi, &r.scale_hi),
+                        (&f.off_hi, &r.off_hi),
+                    ] {
+                        assert_eq!(bits(a), bits(b), "{kind:?} scales");
+                    }
+                }
+            }
+        }
+    }
+}
