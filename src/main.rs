@@ -331,6 +331,7 @@ fn sampling_params(s: &SamplingArgs) -> SamplingParams {
         frequency_penalty: s.frequency_penalty,
         logit_bias: Default::default(),
         seed: s.seed,
+        ignore_eos: false,
     }
 }
 

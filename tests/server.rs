@@ -375,6 +375,36 @@ fn completion_text(addr: SocketAddr, prompt: &str, n: usize) -> String {
     r.json()["choices"][0]["text"].as_str().unwrap().to_string()
 }
 
+/// `ignore_eos` (vLLM's and llama-server's extension): with the EOS token forced by
+/// `logit_bias`, a request ends at once without it and runs to `max_tokens` with it.
+#[test]
+fn ignore_eos_generates_max_tokens() {
+    let (addr, _h) = start(engine(&gguf_spec()), ServerConfig::default());
+    let ask = |ignore: bool| {
+        let body = json!({"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0,
+            "logit_bias": {"2": 100}, "ignore_eos": ignore});
+        let r = http::post(addr, "/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let j = r.json();
+        (
+            j["usage"]["completion_tokens"].as_u64().unwrap(),
+            j["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    assert_eq!(ask(false), (0, "stop".to_string()));
+    assert_eq!(ask(true), (8, "length".to_string()));
+    let r = http::post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 2, "ignore_eos": "yes"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "ignore_eos");
+}
+
 /// POST /v1/re_isq while a stream runs: the stream finishes first (on the old weights),
 /// then the model answers as one loaded with that ISQ type; a bad type changes nothing.
 #[test]

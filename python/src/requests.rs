@@ -45,6 +45,7 @@ fn generation(
         frequency_penalty: frequency_penalty.unwrap_or(0.0),
         logit_bias: logit_bias.unwrap_or_default(),
         seed,
+        ..Default::default()
     };
     sampling
         .validate()

@@ -310,7 +310,7 @@ impl Engine {
             }
             let mut row = crate::models::last_logits_vec(&logits)?;
             let next = sampler.sample(&mut row, &history);
-            if self.assets.eos_token_ids.contains(&next) {
+            if self.assets.eos_token_ids.contains(&next) && !req.sampling.ignore_eos {
                 break FinishReason::Stop;
             }
             out.push(next);

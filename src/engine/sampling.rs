@@ -22,6 +22,9 @@ pub struct SamplingParams {
     /// Additive biases on given token ids.
     pub logit_bias: HashMap<u32, f32>,
     pub seed: Option<u64>,
+    /// Keep generating after an end-of-sequence token, as a plain token (vLLM's and
+    /// llama-server's `ignore_eos`: benchmarks that need exactly `max_tokens`).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -36,6 +39,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logit_bias: HashMap::new(),
             seed: None,
+            ignore_eos: false,
         }
     }
 }

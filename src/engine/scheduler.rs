@@ -607,7 +607,7 @@ fn advance(
         seq.first_token = false;
         metrics.observe_ttft(seq.arrived.elapsed().as_secs_f64());
     }
-    if engine.assets.eos_token_ids.contains(&next) {
+    if engine.assets.eos_token_ids.contains(&next) && !seq.req.sampling.ignore_eos {
         return Ok(Some(FinishReason::Stop));
     }
     if let Some(c) = seq.req.constraint.as_mut() {

@@ -34,6 +34,7 @@ const COMMON_FIELDS: &[&str] = &[
     "frequency_penalty",
     "repetition_penalty",
     "logit_bias",
+    "ignore_eos",
     "user",
     "stream",
     "stream_options",
@@ -247,6 +248,9 @@ pub struct CommonFields {
     pub repetition_penalty: Option<f32>,
     #[serde(default)]
     pub logit_bias: Option<HashMap<String, f32>>,
+    /// vLLM's and llama-server's extension: generate `max_tokens` whatever the model says.
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -403,6 +407,7 @@ impl CommonFields {
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
             logit_bias,
             seed: self.seed.map(|s| s as u64),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         };
         sampling.validate().map_err(|e| {
             let msg = e.to_string();
