@@ -26,7 +26,8 @@ run() { # name, command...
   local pid=$!
   wait_up || { kill "$pid"; echo "$name did not start" >&2; exit 1; }
   "$PY" scripts/bench-serve.py --url "http://127.0.0.1:$PORT/v1" --concurrency "$CONC" \
-    --requests "$REQS" --max-tokens "$N" --json | sed "s/^/$name $round /" >> "$out"
+    --requests "$REQS" --max-tokens "$N" --json | sed "s/^/$name $round /" >> "$out" ||
+    { kill "$pid"; echo "the load generator failed against $name" >&2; exit 1; }
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
 }
 for round in $(seq "$ROUNDS"); do
